@@ -1,0 +1,1 @@
+"""Benchmarks: the paper's synthetic study and (later) real finetuning tasks."""

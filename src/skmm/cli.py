@@ -1,0 +1,161 @@
+"""The ``skmm`` command: a thin layer over :func:`skmm.select` and friends.
+
+Input problems (missing files, pickles, bad shapes, unknown options) end with a one-line
+``skmm: error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .api import get_method, methods, select
+from .io import load_array
+from .selection import Selection
+
+EXIT_INPUT_ERROR = 2
+
+
+class InputError(Exception):
+    """A problem with what the user asked for, reported without a traceback."""
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise InputError(f"--option expects NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name.strip().replace("-", "_"), value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skmm",
+        description="Select the few most useful examples of a large pool for finetuning.",
+    )
+    parser.add_argument("--version", action="version", version=f"skmm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sel = commands.add_parser(
+        "select",
+        help="select n rows of a feature/gradient matrix",
+        description="Select n rows of an (N, r) matrix read from .npy, .npz or .safetensors.",
+    )
+    sel.add_argument("features", help="matrix file: .npy (memory-mapped), .npz or .safetensors")
+    sel.add_argument("--n", type=int, required=True, help="number of rows to select")
+    sel.add_argument("--method", default="skmm", help="selection method (see `skmm methods`)")
+    sel.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+    sel.add_argument("--out", help="write the selection to .json (all), .npy or .npz")
+    sel.add_argument("--key", help="array name inside an .npz/.safetensors features file")
+    sel.add_argument("--labels", help="labels file (.npy, .npz, .safetensors or one per line)")
+    sel.add_argument("--labels-key", help="array name inside the labels file")
+    sel.add_argument("--sketch-dim", type=int, help="SkMM: sketch dimension m")
+    sel.add_argument("--sketch", help="SkMM: gaussian, sparse_sign or none")
+    sel.add_argument("--c", type=float, help="SkMM: moment target constant c")
+    sel.add_argument("--rounding", help="SkMM: systematic, pivotal, topn or weighted")
+    sel.add_argument("--stratify", help="per-class budgets from --labels: proportional or balanced")
+    sel.add_argument("--device", help="compute device, e.g. cpu or cuda")
+    sel.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other method option (VALUE parsed as JSON when it can be)",
+    )
+    sel.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+    commands.add_parser("methods", help="list the selection methods and their options")
+
+    demo = commands.add_parser("demo", help="run the end-to-end demo")
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster demo")
+    return parser
+
+
+def _select_command(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = dict(_parse_option(text) for text in args.option)
+    named = {
+        "sketch_dim": args.sketch_dim,
+        "sketch": args.sketch,
+        "c": args.c,
+        "rounding": args.rounding,
+        "stratify": args.stratify,
+        "device": args.device,
+    }
+    options.update({k: v for k, v in named.items() if v is not None})
+    if not args.quiet:
+        options.setdefault("progress", None)
+    features = load_array(args.features, args.key)
+    labels = None
+    if args.labels:
+        labels = load_array(args.labels, args.labels_key, mmap=False)
+    elif args.stratify:
+        raise InputError("--stratify needs --labels")
+    selection = select(
+        features, args.n, args.method, labels=labels, random_state=args.seed, **options
+    )
+    if args.out:
+        selection.save(args.out)
+    else:
+        sys.stdout.write("\n".join(str(i) for i in selection.indices) + "\n")
+    if not args.quiet:
+        _print_summary(selection, args.out)
+    return 0
+
+
+def _print_summary(selection: Selection, out: str | None) -> None:
+    info = selection.info
+    lines = [
+        f"selected {len(selection)} of {info['n_pool']} rows with {info['method']} "
+        f"in {info['timings']['total']:.2f}s (seed {info['random_state']})"
+    ]
+    for key in ("intrinsic_dimension", "objective", "c_S"):
+        if key in info:
+            lines.append(f"  {key}: {info[key]}")
+    if "solver" in info:
+        solver = info["solver"]
+        lines.append(f"  solver: {solver['iterations']} iterations, {solver['stop_reason']}")
+    if out:
+        lines.append(f"  written to {out}")
+    sys.stderr.write("\n".join(lines) + "\n")
+
+
+def _methods_command() -> int:
+    for name in methods():
+        cls = get_method(name)
+        options = [p for p in cls.param_names() if p != "n"]
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {summary}")
+        print(f"{'':12s} options: {', '.join(options)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``skmm`` command; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "select":
+            return _select_command(args)
+        if args.command == "methods":
+            return _methods_command()
+        from .demo import run_demo
+
+        return run_demo(quick=args.quick)
+    except (InputError, ValueError, TypeError, FileNotFoundError) as exc:
+        sys.stderr.write(f"skmm: error: {exc}\n")
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("skmm: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

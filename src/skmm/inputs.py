@@ -1,0 +1,261 @@
+"""Input checking: turn what users pass into validated, chunk-readable matrices.
+
+Every public entry point funnels its arguments through here, so a bad input gets one clear
+``TypeError``/``ValueError`` naming the problem instead of a traceback from deep in numpy or
+torch. Matrices are never copied whole: :class:`FeatureMatrix` reads row chunks on demand,
+which keeps memory-mapped pools larger than RAM usable.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+def resolve_device(device: str | torch.device | None, like: object = None) -> torch.device:
+    """The compute device: ``device`` if given, else that of a torch ``like``, else the CPU."""
+    if device is None:
+        if isinstance(like, torch.Tensor):
+            return like.device
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    if resolved.type == "cuda" and resolved.index is not None:
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return resolved
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; bools, floats and strings are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def check_budget(n: object, n_pool: int) -> int:
+    """The selection size: an int with 1 <= n <= n_pool."""
+    n = check_positive_int(n, "n")
+    if n > n_pool:
+        raise ValueError(f"n = {n} exceeds the pool size N = {n_pool}")
+    return n
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else an error listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """``value`` as a finite float > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def _numpy_dtype_problem(dtype: np.dtype) -> str | None:
+    if dtype.kind in "fiu":
+        return None
+    if dtype.kind == "b":
+        return "boolean"
+    if dtype.kind == "c":
+        return "complex"
+    if dtype.kind == "O":
+        return "object (Python objects)"
+    return f"non-numeric ({dtype})"
+
+
+_TORCH_REAL = {
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+}
+
+
+@dataclass
+class FeatureMatrix:
+    """A validated (N, r) matrix of features or gradients, read in row chunks.
+
+    ``source`` stays as given (numpy array, memmap or torch tensor); :meth:`rows` returns
+    torch tensors in ``compute_dtype`` on ``device``. Finiteness of memory-mapped sources is
+    checked chunk by chunk as rows are read.
+    """
+
+    source: np.ndarray | torch.Tensor
+    name: str
+    device: torch.device
+    compute_dtype: torch.dtype
+    checked: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.source.shape[0]), int(self.source.shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the full matrix in the compute dtype."""
+        return self.n_rows * self.n_cols * torch.empty((), dtype=self.compute_dtype).element_size()
+
+    def default_chunk_rows(self, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+        """Rows per chunk so that one chunk takes about ``budget_bytes``."""
+        row_bytes = max(1, self.n_cols * torch.empty((), dtype=self.compute_dtype).element_size())
+        return max(1, min(self.n_rows, budget_bytes // row_bytes))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as a tensor in the compute dtype on the compute device."""
+        block = self.source[start:stop]
+        if isinstance(block, np.ndarray):
+            block = torch.from_numpy(np.array(block, copy=True))
+        block = block.to(device=self.device, dtype=self.compute_dtype)
+        if not self.checked:
+            _check_finite_tensor(block, self.name, offset=start)
+        return block
+
+    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(start, rows)`` over the whole matrix."""
+        step = chunk_rows or self.default_chunk_rows()
+        for start in range(0, self.n_rows, step):
+            yield start, self.rows(start, min(start + step, self.n_rows))
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole matrix as one tensor (for matrices that fit in memory)."""
+        if isinstance(self.source, torch.Tensor):
+            return self.source.to(device=self.device, dtype=self.compute_dtype)
+        return self.rows(0, self.n_rows)
+
+
+def _check_finite_tensor(tensor: torch.Tensor, name: str, offset: int = 0) -> None:
+    if tensor.dtype.is_floating_point:
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[0].tolist()
+            value = tensor[tuple(bad)].item()
+            raise ValueError(
+                f"{name} contains non-finite values (first: {value} at row {bad[0] + offset}, "
+                f"column {bad[1]}); remove or impute them"
+            )
+
+
+def as_feature_matrix(
+    features: object,
+    *,
+    name: str = "features",
+    device: str | torch.device | None = None,
+) -> FeatureMatrix:
+    """Validate an (N, r) real matrix (numpy array, memmap, torch tensor, DataFrame, list).
+
+    Raises ``TypeError`` for unsupported types or dtypes and ``ValueError`` for wrong shapes,
+    empty input or NaN/Inf values (found up front for in-memory arrays, on read for memmaps).
+    """
+    if hasattr(features, "tocsr") and hasattr(features, "nnz"):
+        raise TypeError(
+            f"{name} is a scipy sparse matrix; pass a dense array (e.g. .toarray()) or sketch it "
+            "first with skmm.sketch"
+        )
+    if hasattr(features, "to_numpy") and not isinstance(features, (np.ndarray, torch.Tensor)):
+        features = features.to_numpy()
+    if isinstance(features, torch.Tensor):
+        if features.dtype not in _TORCH_REAL:
+            raise TypeError(
+                f"{name} must hold real numbers, got torch dtype {features.dtype}; cast it first"
+            )
+        if features.is_sparse or features.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense tensor, got layout {features.layout}")
+        source: np.ndarray | torch.Tensor = features.detach()
+    elif isinstance(features, np.ndarray):
+        problem = _numpy_dtype_problem(features.dtype)
+        if problem:
+            raise TypeError(f"{name} must hold real numbers, got {problem} dtype {features.dtype}")
+        source = features
+    elif isinstance(features, (list, tuple)):
+        try:
+            source = np.asarray(features)
+        except ValueError as exc:
+            raise ValueError(f"{name} is a ragged nested sequence: {exc}") from None
+        problem = _numpy_dtype_problem(source.dtype)
+        if problem:
+            raise TypeError(f"{name} must hold real numbers, got {problem} values")
+    else:
+        raise TypeError(
+            f"{name} must be a numpy array, numpy memmap or torch tensor, "
+            f"got {type(features).__name__}"
+        )
+    if source.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (N examples x r features), got shape {tuple(source.shape)}"
+        )
+    n_rows, n_cols = int(source.shape[0]), int(source.shape[1])
+    if n_rows == 0:
+        raise ValueError(f"{name} is empty: it has N = 0 rows")
+    if n_cols == 0:
+        raise ValueError(f"{name} has rows of length 0 (shape {tuple(source.shape)})")
+    compute_device = resolve_device(device, like=source)
+    src_dtype = source.dtype
+    is_double = src_dtype in (np.float64, torch.float64)
+    compute_dtype = torch.float64 if is_double else torch.float32
+    checked = False
+    if not isinstance(source, np.memmap):
+        tensor = torch.as_tensor(source) if isinstance(source, np.ndarray) else source
+        _check_finite_tensor(tensor, name)
+        checked = True
+    return FeatureMatrix(source, name, compute_device, compute_dtype, checked)
+
+
+def check_labels(labels: object, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as (class values sorted, class index per row); length must equal ``n_rows``."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    elif hasattr(labels, "to_numpy"):
+        labels = labels.to_numpy()
+    try:
+        array = np.asarray(labels)
+    except ValueError as exc:
+        raise ValueError(f"labels could not be read as a 1-D array: {exc}") from None
+    if array.ndim != 1:
+        raise ValueError(f"labels must be 1-D with one label per row, got shape {array.shape}")
+    if array.shape[0] != n_rows:
+        raise ValueError(f"labels has length {array.shape[0]} but features has N = {n_rows} rows")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("labels contain NaN or Inf")
+    if array.dtype.kind == "O":
+        try:
+            array = array.astype(str)
+        except (TypeError, ValueError):
+            raise TypeError("labels must be numbers or strings") from None
+    if array.dtype.kind not in "iufbUS":
+        raise TypeError(f"labels must be numbers or strings, got dtype {array.dtype}")
+    classes, codes = np.unique(array, return_inverse=True)
+    return classes, codes.astype(np.int64)

@@ -1,0 +1,196 @@
+"""Safe file input and output: atomic writes, and array loading that never unpickles.
+
+Arrays are read from ``.npy`` (memory-mapped), ``.npz`` and ``.safetensors`` only; the format
+is recognized by its magic bytes, not its name, so a pickle renamed to ``.npy`` is refused
+with a clear message instead of being executed or failing deep inside numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_MARK = b"\x80"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    A crash mid-write leaves the old file (or none), never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write strict JSON atomically (non-finite floats must already be replaced)."""
+    with atomic_write(path, "w") as stream:
+        json.dump(payload, stream, indent=2, allow_nan=False)
+        stream.write("\n")
+
+
+def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write one array as .npy atomically."""
+    with atomic_write(path) as stream:
+        np.save(stream, np.asarray(array), allow_pickle=False)
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    """Write named arrays as .npz atomically."""
+    with atomic_write(path) as stream:
+        np.savez(stream, **arrays)
+
+
+def sniff_format(path: Path) -> str:
+    """'npy', 'npz', 'safetensors' or 'text' from the file's first bytes; errors otherwise."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an array file")
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    if not head:
+        raise ValueError(f"{path} is empty")
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(ZIP_MAGIC):
+        if zipfile.is_zipfile(path) and _zip_holds_pickle(path):
+            raise ValueError(
+                f"{path} is a zip archive holding pickled data (e.g. a torch .pt file); "
+                "skmm never loads pickles: save arrays as .npy, .npz or .safetensors"
+            )
+        return "npz"
+    if head.startswith(PICKLE_PROTOCOL_MARK):
+        raise ValueError(
+            f"{path} is a Python pickle; skmm never loads pickles because they can run code. "
+            "Save the array with numpy.save(..., allow_pickle=False) or safetensors"
+        )
+    if len(head) >= 9:
+        header_size = struct.unpack("<Q", head[:8])[0]
+        if head[8:9] == b"{" and 0 < header_size < 100 * 2**20:
+            return "safetensors"
+    return "text"
+
+
+def _zip_holds_pickle(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(
+            name.endswith(".pkl") or name.endswith("/data.pkl") for name in archive.namelist()
+        )
+
+
+def load_array(
+    path: str | os.PathLike[str], key: str | None = None, *, mmap: bool = True
+) -> np.ndarray:
+    """Load one array from .npy/.npz/.safetensors (or a text file of numbers), never unpickling.
+
+    ``key`` names the array inside an .npz or .safetensors file; it may be omitted when the
+    file holds exactly one array. ``.npy`` files are memory-mapped when ``mmap``.
+    """
+    path = Path(path)
+    kind = sniff_format(path)
+    try:
+        if kind == "npy":
+            if key is not None:
+                raise ValueError(f"{path} is a .npy file holding one array; it has no key {key!r}")
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return _pick(dict(archive.items()), key, path)
+        if kind == "safetensors":
+            from safetensors.numpy import load_file
+
+            return _pick(load_file(str(path)), key, path)
+        if key is not None:
+            raise ValueError(f"{path} is a text file; it has no key {key!r}")
+        return _load_text(path)
+    except ValueError as exc:
+        message = str(exc)
+        if "allow_pickle" in message or "Object arrays" in message:
+            raise ValueError(
+                f"{path} holds Python objects (pickled data); skmm never loads pickles. "
+                "Save plain numeric arrays instead"
+            ) from None
+        if "mmap length" in message or "cannot reshape" in message or "EOF" in message:
+            raise ValueError(f"{path} is truncated or corrupt: {message}") from None
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} could not be read (truncated or corrupt?): {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":
+            raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
+        raise
+
+
+def _pick(arrays: dict[str, np.ndarray], key: str | None, path: Path) -> np.ndarray:
+    if key is None:
+        if len(arrays) != 1:
+            raise ValueError(
+                f"{path} holds {len(arrays)} arrays ({', '.join(sorted(arrays))}); "
+                "name one with a key"
+            )
+        return next(iter(arrays.values()))
+    if key not in arrays:
+        raise ValueError(f"{path} has no array {key!r}; it holds: {', '.join(sorted(arrays))}")
+    return arrays[key]
+
+
+def _load_text(path: Path) -> np.ndarray:
+    """Whitespace- or comma-separated values: one per line gives 1-D (labels), more a table."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a recognized array format (.npy, .npz, .safetensors or text)"
+        ) from None
+    rows = [line.replace(",", " ").split() for line in lines if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no values")
+    widths = {len(row) for row in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{path} has rows of different lengths {sorted(widths)}")
+    flat = [value for row in rows for value in row]
+    values: np.ndarray | None = None
+    for cast in (int, float):
+        try:
+            values = np.asarray([cast(value) for value in flat])
+            break
+        except ValueError:
+            continue
+    if values is None:
+        values = np.asarray(flat)
+    return values if widths == {1} else values.reshape(len(rows), -1)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file with a clear error for missing, empty or malformed files."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {exc}") from None

@@ -1,0 +1,7 @@
+"""Selection methods, each a :class:`~skmm.methods.base.Selector` registered by name."""
+
+from .base import REGISTRY, MethodOutput, Selector, register
+from .skmm import SkMM
+from .uniform import Uniform
+
+__all__ = ["REGISTRY", "MethodOutput", "Selector", "SkMM", "Uniform", "register"]

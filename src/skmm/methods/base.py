@@ -1,0 +1,288 @@
+"""The Selector interface every method implements, and stratified (per-class) budgets.
+
+A selector is an estimator in scikit-learn's style: parameters in ``__init__``, validated in
+:meth:`Selector.fit`, the result in ``selection_``. Subclasses implement two steps:
+
+- ``_prepare(features, labels, seed)`` turns the validated (N, r) matrix (and the class
+  code of each row, when labels were given) into what the method works on (SkMM: the
+  sketch; most baselines: the features in memory), once for the whole pool;
+- ``_select(data, n, seed)`` picks n rows of ``data`` and returns local indices, optional
+  weights and diagnostics.
+
+With ``stratify`` and labels, :meth:`fit` splits the budget over classes and runs
+``_select`` on each class's rows with its own derived seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels
+from ..seeding import derive_seed, resolve_seed
+from ..selection import Selection
+
+STRATIFY_MODES = ("proportional", "balanced")
+
+
+@dataclass
+class MethodOutput:
+    """What ``_select`` returns: local row indices, optional weights, diagnostics."""
+
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Selector:
+    """Base class: ``Selector(n, ...).fit(features, labels=None).selection_``."""
+
+    name: ClassVar[str] = ""
+    requires_labels: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        stratify: bool | str | Mapping[Any, int] | None = None,
+        random_state: int | np.random.Generator | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = False,
+    ) -> None:
+        self.n = n
+        self.stratify = stratify
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the constructor's parameters (the method's options, plus ``n``)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            for param in inspect.signature(klass.__init__).parameters.values():
+                if param.name != "self" and param.kind not in (
+                    param.VAR_KEYWORD,
+                    param.VAR_POSITIONAL,
+                ):
+                    if param.name not in names:
+                        names.append(param.name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters as set."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _check_params(self, n_pool: int, n_cols: int) -> None:
+        """Validate method-specific parameters; raise ValueError/TypeError naming the problem."""
+
+    def _prepare(
+        self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
+    ) -> tuple[Any, dict[str, Any]]:
+        """What ``_select`` works on, plus diagnostics; default: the features as one tensor.
+
+        ``labels`` holds each row's class code (0..C−1, int64) when labels were given.
+        """
+        return features.to_tensor(), {}
+
+    @classmethod
+    def _restrict(cls, data: Any, rows: np.ndarray) -> Any:
+        """The part of ``data`` for the pool rows ``rows`` (used per class when stratifying).
+
+        Tensors and arrays are indexed by row; tuples and lists are restricted item by item.
+        """
+        if data is None:
+            return None
+        if isinstance(data, (tuple, list)):
+            return type(data)(cls._restrict(item, rows) for item in data)
+        if isinstance(data, np.ndarray):
+            return data[rows]
+        return data[torch.as_tensor(rows, device=data.device)]
+
+    def _select(self, data: Any, n: int, seed: int) -> MethodOutput:
+        raise NotImplementedError
+
+    def fit(self, features: object, labels: object = None) -> Selector:
+        """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``."""
+        began = time.perf_counter()
+        seed = resolve_seed(self.random_state)
+        matrix = as_feature_matrix(features, device=self.device)
+        n_pool = matrix.n_rows
+        n = check_budget(self.n, n_pool)
+        if self.progress not in (True, False, None):
+            raise TypeError(f"progress must be True, False or None, got {self.progress!r}")
+        codes = classes = None
+        if labels is not None:
+            classes, codes = check_labels(labels, n_pool)
+        elif self.requires_labels:
+            raise ValueError(f"method {self.name!r} needs labels: pass labels=... (one per row)")
+        budgets = class_budgets(self.stratify, n, classes, codes)
+        self._check_params(n_pool, matrix.n_cols)
+        prepare_began = time.perf_counter()
+        data, info = self._prepare(matrix, codes, seed)
+        timings = {"prepare": time.perf_counter() - prepare_began}
+        select_began = time.perf_counter()
+        if budgets is None:
+            output = self._select(data, n, derive_seed(seed, "select"))
+            indices, weights = output.indices, output.weights
+            info.update(output.info)
+        else:
+            indices, weights = self._select_per_class(data, budgets, codes, classes, seed, info)
+        timings["select"] = time.perf_counter() - select_began
+        indices = np.asarray(indices, dtype=np.int64)
+        _check_output(indices, weights, n, n_pool, type(self).__name__)
+        timings["total"] = time.perf_counter() - began
+        info = {
+            "method": self.name,
+            "n": n,
+            "n_pool": n_pool,
+            "n_features": matrix.n_cols,
+            "random_state": seed,
+            "device": str(matrix.device),
+            "params": {k: v for k, v in self.get_params().items() if k != "random_state"},
+            **info,
+            "timings": {**info.get("timings", {}), **timings},
+        }
+        self.selection_ = Selection(indices, weights, info)
+        return self
+
+    def _select_per_class(
+        self,
+        data: Any,
+        budgets: np.ndarray,
+        codes: np.ndarray,
+        classes: np.ndarray,
+        seed: int,
+        info: dict[str, Any],
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        n = int(budgets.sum())
+        all_indices: list[np.ndarray] = []
+        all_weights: list[np.ndarray] = []
+        per_class: list[dict[str, Any]] = []
+        weighted = True
+        for code, budget in enumerate(budgets):
+            rows = np.flatnonzero(codes == code)
+            entry: dict[str, Any] = {
+                "label": classes[code].item(),
+                "size": int(rows.size),
+                "budget": int(budget),
+            }
+            if budget > 0:
+                output = self._select(
+                    self._restrict(data, rows), int(budget), derive_seed(seed, "class", code)
+                )
+                all_indices.append(rows[np.asarray(output.indices, dtype=np.int64)])
+                if output.weights is None:
+                    weighted = False
+                else:
+                    all_weights.append(np.asarray(output.weights) * (budget / n))
+                entry.update(output.info)
+            per_class.append(entry)
+        info["classes"] = per_class
+        indices = np.concatenate(all_indices)
+        weights = np.concatenate(all_weights) if weighted else None
+        return indices, weights
+
+
+def class_budgets(
+    stratify: object, n: int, classes: np.ndarray | None, codes: np.ndarray | None
+) -> np.ndarray | None:
+    """Per-class budgets summing to n, or None when not stratifying.
+
+    ``True``/``"proportional"``: n split in proportion to class sizes (largest remainders);
+    ``"balanced"``: as equal as class sizes allow (water-filling); a mapping: explicit
+    budgets per label, which must sum to n.
+    """
+    if stratify is None or stratify is False:
+        return None
+    if classes is None or codes is None:
+        raise ValueError("stratify needs labels: pass labels=... with one label per row")
+    sizes = np.bincount(codes, minlength=classes.size)
+    if isinstance(stratify, Mapping):
+        budgets = np.zeros(classes.size, dtype=np.int64)
+        lookup = {
+            label.item() if hasattr(label, "item") else label: i for i, label in enumerate(classes)
+        }
+        for label, budget in stratify.items():
+            key = label.item() if hasattr(label, "item") else label
+            if key not in lookup:
+                raise ValueError(f"stratify names label {label!r}, which is not in labels")
+            if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+                raise ValueError(f"budget for label {label!r} must be an int >= 0, got {budget!r}")
+            budgets[lookup[key]] = int(budget)
+        if int(budgets.sum()) != n:
+            raise ValueError(f"stratify budgets sum to {int(budgets.sum())}, not n = {n}")
+    elif stratify is True or stratify == "proportional":
+        exact = n * sizes / sizes.sum()
+        budgets = np.floor(exact).astype(np.int64)
+        short = n - int(budgets.sum())
+        order = np.lexsort((np.arange(classes.size), -(exact - budgets)))
+        budgets[order[:short]] += 1
+    elif stratify == "balanced":
+        budgets = _water_fill(sizes, n)
+    else:
+        raise ValueError(
+            f"unknown stratify {stratify!r}; use True, 'proportional', 'balanced', "
+            "or a mapping from label to budget"
+        )
+    too_small = np.flatnonzero(budgets > sizes)
+    if too_small.size:
+        c = int(too_small[0])
+        raise ValueError(
+            f"class {classes[c].item()!r} has {int(sizes[c])} members, fewer than its budget "
+            f"{int(budgets[c])}"
+        )
+    return budgets
+
+
+def _water_fill(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Budgets as equal as possible, capped at class sizes, summing to n."""
+    budgets = np.zeros(sizes.size, dtype=np.int64)
+    remaining = n
+    open_classes = np.flatnonzero(sizes > 0)
+    while remaining > 0 and open_classes.size:
+        share, extra = divmod(remaining, open_classes.size)
+        room = sizes[open_classes] - budgets[open_classes]
+        grant = np.minimum(room, share)
+        grant[:extra] += (room[:extra] > grant[:extra]).astype(np.int64)
+        budgets[open_classes] += grant
+        remaining -= int(grant.sum())
+        open_classes = open_classes[budgets[open_classes] < sizes[open_classes]]
+        if int(grant.sum()) == 0:
+            break
+    return budgets
+
+
+def _check_output(
+    indices: np.ndarray, weights: np.ndarray | None, n: int, n_pool: int, method: str
+) -> None:
+    """The contract every method must meet; a violation is a bug in skmm, not the input."""
+    if indices.shape != (n,) or np.unique(indices).size != n:
+        raise RuntimeError(f"{method} returned {indices.size} indices, not {n} distinct ones")
+    if indices.min() < 0 or indices.max() >= n_pool:
+        raise RuntimeError(f"{method} returned an index outside [0, {n_pool})")
+    if weights is not None and np.asarray(weights).shape != (n,):
+        raise RuntimeError(f"{method} returned {np.asarray(weights).shape} weights for {n} indices")
+
+
+REGISTRY: dict[str, type[Selector]] = {}
+
+
+def register(cls: type[Selector]) -> type[Selector]:
+    """Class decorator adding a selector to the method registry under ``cls.name``."""
+    if not cls.name or cls.name in REGISTRY:
+        raise RuntimeError(f"selector name {cls.name!r} is empty or already registered")
+    REGISTRY[cls.name] = cls
+    return cls

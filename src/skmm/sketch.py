@@ -1,0 +1,179 @@
+"""Johnson–Lindenstrauss sketches G̃ = GΓ, with Γ ∈ R^{r×m} regenerated block by block.
+
+Γ is split into row blocks of ``block_rows(m)`` rows; block b is drawn on the CPU from the
+seed ``(seed, kind, m, b)``, so the same seed gives the same Γ on every device, and Γ never
+has to exist whole. Rows of G are multiplied in fixed tiles of ``TILE_ROWS`` rows aligned to
+their global row index, and block products are summed in float64 in block order, so the
+sketch of a row is bit-for-bit the same for every batch size (on a given device).
+
+- Gaussian: Γ_ij ~ N(0, 1/m), so E[ΓΓᵀ] = I and E‖xΓ‖² = ‖x‖².
+- Sparse sign: each row of Γ has ζ = min(8, m) nonzeros ±1/√ζ, one in each of ζ column
+  stripes (the block construction of Kane & Nelson's sparse JL), so every row has unit norm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .inputs import FeatureMatrix, as_feature_matrix, check_choice, check_positive_int
+from .progress import progress_bar
+from .seeding import SEED_MAX, derive_seed
+
+SKETCH_KINDS = ("gaussian", "sparse_sign")
+TILE_ROWS = 128
+SPARSE_NNZ = 8
+DEFAULT_CACHE_BYTES = 2**30
+
+
+def block_rows(sketch_dim: int) -> int:
+    """Rows of Γ per regenerated block: about 2M entries (8 MB in float32), at least 512."""
+    return max(512, 2**21 // sketch_dim)
+
+
+def _check_seed(seed: object) -> int:
+    seed = check_positive_int(seed, "seed", minimum=0)
+    if seed > SEED_MAX:
+        raise ValueError(f"seed must be <= 2**63 - 1, got {seed}")
+    return seed
+
+
+class SketchMap:
+    """The map Γ ∈ R^{r×m} of one (kind, seed, m), generated block by block on demand.
+
+    Blocks are cached on ``device`` up to ``cache_bytes`` (all of Γ when it fits), and
+    regenerated from their seed otherwise, so memory stays O(block·m) at worst.
+    """
+
+    def __init__(
+        self,
+        n_cols: int,
+        sketch_dim: int,
+        kind: str = "gaussian",
+        seed: int = 0,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.n_cols = check_positive_int(n_cols, "n_cols")
+        self.sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
+        self.kind = check_choice(kind, "sketch kind", SKETCH_KINDS)
+        self.seed = _check_seed(seed)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.block_rows = block_rows(self.sketch_dim)
+        self.n_blocks = math.ceil(self.n_cols / self.block_rows)
+        self.nnz_per_row = min(SPARSE_NNZ, self.sketch_dim)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_left = cache_bytes
+
+    def _generate(self, block: int) -> torch.Tensor:
+        start = block * self.block_rows
+        rows = min(self.block_rows, self.n_cols - start)
+        m = self.sketch_dim
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.kind, m, block))
+        if self.kind == "gaussian":
+            values = torch.randn(rows, m, generator=gen, dtype=torch.float32)
+            return values.mul_(1.0 / math.sqrt(m))
+        zeta = self.nnz_per_row
+        bounds = torch.tensor([(s * m) // zeta for s in range(zeta + 1)], dtype=torch.int64)
+        widths = (bounds[1:] - bounds[:-1]).to(torch.float32)
+        offsets = (torch.rand(rows, zeta, generator=gen) * widths).long()
+        columns = bounds[:-1] + torch.minimum(offsets, (bounds[1:] - bounds[:-1]) - 1)
+        signs = torch.randint(0, 2, (rows, zeta), generator=gen, dtype=torch.int64)
+        values = (signs * 2 - 1).to(torch.float32) / math.sqrt(zeta)
+        return torch.zeros(rows, m, dtype=torch.float32).scatter_(1, columns, values)
+
+    def block(self, block: int) -> torch.Tensor:
+        """Rows ``[block * block_rows, ...)`` of Γ on the device, in the compute dtype."""
+        if block in self._cache:
+            return self._cache[block]
+        values = self._generate(block).to(device=self.device, dtype=self.dtype)
+        size = values.numel() * values.element_size()
+        if size <= self._cache_left:
+            self._cache[block] = values
+            self._cache_left -= size
+        return values
+
+    def dense(self) -> torch.Tensor:
+        """All of Γ as one (r, m) tensor; only for small r (tests, inspection)."""
+        return torch.cat([self.block(b) for b in range(self.n_blocks)])
+
+    def apply(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows @ Γ`` summed in float64, for rows whose first row sits on a tile boundary."""
+        n_rows, n_cols = rows.shape
+        if n_cols != self.n_cols:
+            raise ValueError(f"rows have {n_cols} columns but the map expects {self.n_cols}")
+        padded = math.ceil(n_rows / TILE_ROWS) * TILE_ROWS
+        if padded != n_rows:
+            rows = torch.cat([rows, rows.new_zeros(padded - n_rows, n_cols)])
+        tiles = padded // TILE_ROWS
+        out = torch.zeros(padded, self.sketch_dim, dtype=torch.float64, device=rows.device)
+        for b in range(self.n_blocks):
+            start = b * self.block_rows
+            part = rows[:, start : start + self.block_rows].to(self.dtype)
+            part = part.contiguous().view(tiles, TILE_ROWS, -1)
+            out += torch.matmul(part, self.block(b)).view(padded, -1)
+        return out[:n_rows]
+
+
+def sketch(
+    matrix: np.ndarray | torch.Tensor,
+    sketch_dim: int,
+    kind: str = "gaussian",
+    seed: int = 0,
+    batch_size: int | None = None,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool | None = False,
+) -> np.ndarray | torch.Tensor:
+    """Sketch an (N, r) matrix to (N, sketch_dim): G̃ = GΓ with a block-seeded JL map Γ.
+
+    The result is identical for every ``batch_size`` (rounded up to a multiple of 128 rows);
+    memory is O(batch_size·r + block·m). Numpy input (including memmaps) gives a numpy array,
+    a torch tensor gives a tensor on the compute device; float64 input gives float64, any
+    other dtype float32.
+    """
+    features = as_feature_matrix(matrix, name="matrix", device=device)
+    sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
+    kind = check_choice(kind, "sketch kind", SKETCH_KINDS)
+    seed = _check_seed(seed)
+    result = sketch_features(features, sketch_dim, kind, seed, batch_size, progress=progress)
+    if isinstance(matrix, torch.Tensor):
+        return result
+    return result.cpu().numpy()
+
+
+def sketch_features(
+    features: FeatureMatrix,
+    sketch_dim: int,
+    kind: str,
+    seed: int,
+    batch_size: int | None = None,
+    *,
+    progress: bool | None = False,
+) -> torch.Tensor:
+    """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`."""
+    if batch_size is None:
+        batch_size = features.default_chunk_rows()
+    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = math.ceil(batch_size / TILE_ROWS) * TILE_ROWS
+    sketch_map = SketchMap(
+        features.n_cols,
+        sketch_dim,
+        kind,
+        seed,
+        device=features.device,
+        dtype=features.compute_dtype,
+    )
+    out = torch.empty(
+        features.n_rows, sketch_dim, dtype=features.compute_dtype, device=features.device
+    )
+    with progress_bar(features.n_rows, "sketch", progress, unit="row") as bar:
+        for start, rows in features.chunks(batch_size):
+            out[start : start + rows.shape[0]] = sketch_map.apply(rows).to(out.dtype)
+            bar.update(rows.shape[0])
+    return out

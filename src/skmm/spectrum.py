@@ -1,0 +1,57 @@
+"""The sketched covariance Σ̃ = G̃ᵀG̃/N, its eigenpairs and the intrinsic dimension, in float64."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigenpairs of Σ̃ = G̃ᵀG̃/N, eigenvalues in descending order (negatives clipped to 0)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    n_rows: int
+
+    @property
+    def trace(self) -> float:
+        return float(self.eigenvalues.sum())
+
+    def intrinsic_dimension(self) -> int:
+        """r̄ = min{t : tr(Σ − ⟨Σ⟩_t) ≤ tr(Σ)/N}, i.e. the tail beyond t holds ≤ 1/N of the trace."""
+        return intrinsic_dimension(self.eigenvalues.cpu().numpy(), self.n_rows)
+
+    def effective_rank(self, tolerance: float = 1e-10) -> int:
+        """Number of eigenvalues above ``tolerance`` times the largest."""
+        values = self.eigenvalues
+        if float(values[0]) <= 0:
+            return 0
+        return int((values > tolerance * values[0]).sum())
+
+
+def covariance(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ = Σ_i w_i g_i g_iᵀ in float64 (w_i = 1/N when ``weights`` is None)."""
+    rows = rows.to(torch.float64)
+    if weights is None:
+        return rows.T @ rows / rows.shape[0]
+    return rows.T @ (rows * weights.to(torch.float64)[:, None])
+
+
+def spectrum(rows: torch.Tensor) -> Spectrum:
+    """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64."""
+    values, vectors = torch.linalg.eigh(covariance(rows))
+    order = torch.argsort(values, descending=True)
+    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], int(rows.shape[0]))
+
+
+def intrinsic_dimension(eigenvalues: np.ndarray, n_rows: int) -> int:
+    """r̄ = min{t : Σ_{j>t} λ_j ≤ Σ_j λ_j / N} for eigenvalues in descending order."""
+    values = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    total = values.sum()
+    if total <= 0:
+        return 0
+    tails = total - np.cumsum(values)
+    return int(np.argmax(tails <= total / n_rows * (1 + 1e-12)) + 1)
