@@ -6,8 +6,8 @@ informative directions.
 """
 
 from .api import get_method, methods, select
-from .methods import Selector, SkMM, Uniform
 from .selection import Selection
+from .selectors import Selector, SkMM, Uniform
 from .sketch import SketchMap, sketch
 
 __version__ = "0.1.0"

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .methods import REGISTRY, Selector
 from .selection import Selection
+from .selectors import REGISTRY, Selector
 
 
 def methods() -> list[str]:
@@ -48,7 +48,7 @@ def select(
 
     ``features`` is a numpy array, memmap or torch tensor of per-sample gradients or
     features; ``labels`` (length N) enable ``stratify``; ``options`` are the method's own
-    parameters (see ``skmm.methods()`` and each class). Returns a :class:`Selection`.
+    parameters (see ``skmm.selectors()`` and each class). Returns a :class:`Selection`.
     """
     selector = make_selector(method, n, random_state=random_state, **options)
     return selector.fit(features, labels).selection_

@@ -1,4 +1,4 @@
-"""Selection methods, each a :class:`~skmm.methods.base.Selector` registered by name."""
+"""Selection methods, each a :class:`~skmm.selectors.base.Selector` registered by name."""
 
 from .base import REGISTRY, MethodOutput, Selector, register
 from .skmm import SkMM
