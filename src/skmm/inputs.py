@@ -72,6 +72,16 @@ def check_positive_float(value: object, name: str) -> float:
     return value
 
 
+def check_nonnegative_float(value: object, name: str) -> float:
+    """``value`` as a finite float >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def _numpy_dtype_problem(dtype: np.dtype) -> str | None:
     if dtype.kind in "fiu":
         return None
@@ -135,10 +145,14 @@ class FeatureMatrix:
         return max(1, min(self.n_rows, budget_bytes // row_bytes))
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``[start, stop)`` as a tensor in the compute dtype on the compute device."""
+        """Rows ``[start, stop)`` in the compute dtype on the compute device.
+
+        The tensor may share memory with the caller's array: selectors must not write to it.
+        """
         block = self.source[start:stop]
         if isinstance(block, np.ndarray):
-            block = torch.from_numpy(np.array(block, copy=True))
+            writable = block.flags.writeable and block.dtype.isnative
+            block = torch.from_numpy(block if writable else np.array(block, copy=True))
         block = block.to(device=self.device, dtype=self.compute_dtype)
         if not self.checked:
             _check_finite_tensor(block, self.name, offset=start)
@@ -226,12 +240,12 @@ def as_feature_matrix(
     src_dtype = source.dtype
     is_double = src_dtype in (np.float64, torch.float64)
     compute_dtype = torch.float64 if is_double else torch.float32
-    checked = False
+    matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=False)
     if not isinstance(source, np.memmap):
-        tensor = torch.as_tensor(source) if isinstance(source, np.ndarray) else source
-        _check_finite_tensor(tensor, name)
-        checked = True
-    return FeatureMatrix(source, name, compute_device, compute_dtype, checked)
+        for _ in matrix.chunks():
+            pass
+        matrix.checked = True
+    return matrix
 
 
 def check_labels(labels: object, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -129,7 +129,7 @@ def load_array(
         return _load_text(path)
     except ValueError as exc:
         message = str(exc)
-        if "allow_pickle" in message or "Object arrays" in message:
+        if "allow_pickle" in message or "Object arrays" in message or "Python objects" in message:
             raise ValueError(
                 f"{path} holds Python objects (pickled data); skmm never loads pickles. "
                 "Save plain numeric arrays instead"

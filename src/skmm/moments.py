@@ -205,11 +205,10 @@ def solve(
     gap = math.inf
     reason = "max_iter"
     iteration = 0
+    if fx <= feasible_level:
+        reason, max_iter = "moments matched", 0
     with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
         for iteration in range(1, max_iter + 1):
-            if fx <= feasible_level:
-                reason = "moments matched"
-                break
             previous_lipschitz = lipschitz
             lipschitz *= 0.8
             while True:
@@ -237,6 +236,9 @@ def solve(
                 x, ux, fx, momentum = x_new, u_new, f_new, next_momentum
             trace["objective"].append(fx)
             bar.update(1)
+            if fx <= feasible_level:
+                reason = "moments matched"
+                break
             if iteration % check_every == 0 or iteration == max_iter:
                 gap = duality_gap(problem, x, ux)
                 trace["duality_gap"].append(gap)

@@ -83,12 +83,23 @@ def topn(pi: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def weighted(pi: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n draws without replacement ∝ π: the top n of log(u_i)/π_i."""
-    keys = np.full(pi.size, -np.inf)
-    positive = pi > 0
-    keys[positive] = np.log(rng.random(int(positive.sum()))) / pi[positive]
-    tiebreak = rng.random(pi.size)
-    return np.lexsort((tiebreak, -keys))[:n]
+    """n draws without replacement ∝ π (see :func:`successive_sampling`)."""
+    return successive_sampling(pi, n, rng)
+
+
+def successive_sampling(weights: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n rows drawn one by one without replacement, each with P ∝ weight among those left.
+
+    Efraimidis & Spirakis: the n largest keys log(u_i)/w_i (u_i uniform), in decreasing key
+    order, are distributed as the successive draws; O(N + n log n). Needs ≥ n positive weights.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    positive = np.flatnonzero(weights > 0)
+    if positive.size < n:
+        raise ValueError(f"only {positive.size} rows have positive weight; cannot draw {n}")
+    keys = np.log(rng.random(positive.size)) / weights[positive]
+    top = np.argpartition(-keys, n - 1)[:n] if n < positive.size else np.arange(positive.size)
+    return positive[top[np.argsort(-keys[top], kind="stable")]].astype(np.int64)
 
 
 _DESIGNS = {"systematic": systematic, "pivotal": pivotal, "topn": topn, "weighted": weighted}

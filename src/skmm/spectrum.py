@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+UNSKETCHED_MAX_COLUMNS = 16384
+"""Widest matrix whose r×r float64 covariance is formed without sketching (2 GiB)."""
+
 
 @dataclass(frozen=True)
 class Spectrum:

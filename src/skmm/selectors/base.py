@@ -132,11 +132,12 @@ class Selector:
         self._check_params(n_pool, matrix.n_cols)
         prepare_began = time.perf_counter()
         data, info = self._prepare(matrix, codes, seed)
-        timings = {"prepare": time.perf_counter() - prepare_began}
+        timings = {**info.pop("timings", {}), "prepare": time.perf_counter() - prepare_began}
         select_began = time.perf_counter()
         if budgets is None:
             output = self._select(data, n, derive_seed(seed, "select"))
             indices, weights = output.indices, output.weights
+            timings.update(output.info.pop("timings", {}))
             info.update(output.info)
         else:
             indices, weights = self._select_per_class(data, budgets, codes, classes, seed, info)
@@ -153,7 +154,7 @@ class Selector:
             "device": str(matrix.device),
             "params": {k: v for k, v in self.get_params().items() if k != "random_state"},
             **info,
-            "timings": {**info.get("timings", {}), **timings},
+            "timings": timings,
         }
         self.selection_ = Selection(indices, weights, info)
         return self
@@ -273,8 +274,12 @@ def _check_output(
         raise RuntimeError(f"{method} returned {indices.size} indices, not {n} distinct ones")
     if indices.min() < 0 or indices.max() >= n_pool:
         raise RuntimeError(f"{method} returned an index outside [0, {n_pool})")
-    if weights is not None and np.asarray(weights).shape != (n,):
-        raise RuntimeError(f"{method} returned {np.asarray(weights).shape} weights for {n} indices")
+    if weights is not None:
+        weights = np.asarray(weights)
+        if weights.shape != (n,) or (weights < 0).any() or abs(weights.sum() - 1.0) > 1e-9:
+            raise RuntimeError(
+                f"{method} returned weights that are not n non-negatives summing to 1"
+            )
 
 
 REGISTRY: dict[str, type[Selector]] = {}

@@ -10,14 +10,23 @@ per-epoch snapshots for methods that track training dynamics.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
+from ..inputs import (
+    DEFAULT_CHUNK_BYTES,
+    FeatureMatrix,
+    check_nonnegative_float,
+    check_positive_float,
+    check_positive_int,
+)
 from ..seeding import derive_seed
-
-PROBE_BLOCK_ROWS = 65536
+from .base import Selector
 
 
 @dataclass
@@ -38,10 +47,12 @@ class LinearProbe:
         return (features.to(self.weight) - self.mean) / self.scale
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, C) logits, computed in blocks of rows."""
+        """(N, C) logits, computed in row blocks of about 256 MB of standardized features."""
+        row_bytes = features.shape[1] * self.weight.element_size()
+        step = max(1, DEFAULT_CHUNK_BYTES // max(1, row_bytes))
         parts = [
-            self.standardize(features[i : i + PROBE_BLOCK_ROWS]) @ self.weight.T + self.bias
-            for i in range(0, features.shape[0], PROBE_BLOCK_ROWS)
+            self.standardize(features[i : i + step]) @ self.weight.T + self.bias
+            for i in range(0, features.shape[0], step)
         ]
         return torch.cat(parts)
 
@@ -118,3 +129,82 @@ def head_gradients(
     residual[torch.arange(features.shape[0], device=features.device), targets] -= 1.0
     outer = residual[:, :, None] * standardized[:, None, :]
     return torch.cat([outer.flatten(1), residual], dim=1)
+
+
+class ProbeSelector(Selector):
+    """Base of the methods that train the linear probe on the pool (labels required).
+
+    Subclasses take the options ``epochs``, ``lr``, ``weight_decay`` and ``batch_size`` in
+    ``__init__``. Training run ``repeat`` is seeded by ``(random_state, "probe", repeat)``, so
+    every probe-based method trains the same probe for the same ``random_state`` and options.
+    The probe is trained once on the whole pool, before any per-class split.
+    """
+
+    requires_labels = True
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+
+    def _check_params(self, n_pool: int, n_cols: int) -> None:
+        super()._check_params(n_pool, n_cols)
+        check_positive_int(self.epochs, "epochs")
+        check_positive_float(self.lr, "lr")
+        check_nonnegative_float(self.weight_decay, "weight_decay")
+        check_positive_int(self.batch_size, "batch_size")
+
+    def _class_count(self, labels: np.ndarray | None) -> int:
+        """Number of classes C; a probe needs labels with at least 2 classes."""
+        n_classes = 0 if labels is None else int(labels.max()) + 1
+        if n_classes < 2:
+            raise ValueError(
+                f"method {self.name!r} trains a classifier on the labels and needs at least "
+                "2 classes; all rows have the same label"
+            )
+        return n_classes
+
+    def _train_probe(
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        n_classes: int,
+        seed: int,
+        *,
+        repeat: int = 0,
+        epochs: int | None = None,
+        on_epoch: Callable[[int, LinearProbe, torch.Tensor], None] | None = None,
+    ) -> LinearProbe:
+        """Training run ``repeat`` of the probe with this selector's options."""
+        return train_probe(
+            features,
+            targets,
+            n_classes,
+            seed=derive_seed(seed, "probe", repeat),
+            epochs=self.epochs if epochs is None else epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            on_epoch=on_epoch,
+        )
+
+    def _fit_probe(
+        self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Train the probe on all rows and keep it as ``probe_``.
+
+        Returns the standardized features x̂ (the head acts on them: logits = x̂ Wᵀ + b), the
+        labels as a tensor, and diagnostics (training accuracy, timing).
+        """
+        n_classes = self._class_count(labels)
+        began = time.perf_counter()
+        matrix = features.to_tensor()
+        targets = torch.as_tensor(labels, dtype=torch.int64, device=matrix.device)
+        self.probe_ = self._train_probe(matrix, targets, n_classes, seed)
+        standardized = self.probe_.standardize(matrix)
+        logits = standardized @ self.probe_.weight.T + self.probe_.bias
+        accuracy = (logits.argmax(dim=1) == targets).double().mean()
+        info = {
+            "probe": {"n_classes": n_classes, "train_accuracy": float(accuracy)},
+            "timings": {"probe": time.perf_counter() - began},
+        }
+        return standardized, targets, info

@@ -25,11 +25,10 @@ from ..moments import MomentProblem, solve
 from ..rounding import ROUNDINGS, round_weights
 from ..seeding import derive_seed, numpy_rng
 from ..sketch import SKETCH_KINDS, sketch_features
-from ..spectrum import spectrum
+from ..spectrum import UNSKETCHED_MAX_COLUMNS, spectrum
 from .base import MethodOutput, Selector, register
 
 SKMM_SKETCHES = (*SKETCH_KINDS, "none")
-UNSKETCHED_MAX_COLUMNS = 16384
 
 
 @register
@@ -122,7 +121,7 @@ class SkMM(Selector):
         diagnostics: dict[str, Any] = {
             "intrinsic_dimension": spec.intrinsic_dimension(),
             "effective_rank": rank,
-            "eigenvalues": spec.eigenvalues[: min(64, spec.eigenvalues.numel())],
+            "eigenvalues": spec.eigenvalues[:64].tolist(),
         }
         if n == pool or rank == 0:
             diagnostics["note"] = (

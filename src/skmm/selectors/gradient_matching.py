@@ -1,0 +1,506 @@
+"""Gradient-matching baselines on the linear probe's head gradients: GLISTER and GRAD-MATCH.
+
+Both methods look at the per-sample gradients of the cross-entropy with respect to the
+probe's head (W, b), g_i = [(p_i − e_{y_i}) ⊗ x̂_i, p_i − e_{y_i}] ∈ R^{C(d+1)}, and at the
+pool's mean gradient ḡ, which plays the validation gradient (as in DeepCore when no
+validation set is given).
+
+- ``glister`` (Killamsetty et al., AAAI 2021, "GLISTER"): greedy maximization of the one-step
+  Taylor gain of the pool log-likelihood, gain_i(S) = ⟨ḡ(θ_S), g_i(θ_S)⟩, where
+  θ_S = θ_0 − η·mean_{j∈S} g_j(θ_0) is one SGD step on the chosen examples' mean loss from
+  the trained probe θ_0 (DeepCore's ``Glister.update_val_gradients``); θ_S is refreshed after
+  every ``greedy_block`` picks.
+- ``gradmatch`` (Killamsetty et al., ICML 2021, "GRAD-MATCH"): orthogonal matching pursuit
+  for min_{w ≥ 0, |supp w| ≤ n} ‖Σ_i w_i g_i − ḡ‖² + λ‖w‖², with an exact non-negative
+  least-squares refit on the support after every pick (DeepCore's
+  ``GradMatch.orthogonal_matching_pursuit``, with the NNLS done at each step, not only last).
+
+The gradients are never materialized as an N × C(d+1) matrix: :class:`HeadGradients` keeps
+them in factored form (x̂_i, r_i = p_i − e_{y_i}) and computes ⟨g_i, u⟩ = r_iᵀ(U_W x̂_i + u_b)
+in row blocks, which is exact and costs O(N·C·d) per pass (one read of the N × d features).
+For GRAD-MATCH the gradients can instead be projected once to ``grad_dim`` columns with a
+block-seeded Gaussian JL map (:class:`~skmm.sketch.SketchMap`), after which each pursuit step
+costs O(N·grad_dim); this pays off only when d is much larger than ``grad_dim``.
+
+The probe (and the options ``epochs``, ``lr``, ``weight_decay``, ``batch_size``) comes from
+:class:`~skmm.selectors.probe.ProbeSelector`, shared by every probe-based method.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..inputs import (
+    DEFAULT_CHUNK_BYTES,
+    FeatureMatrix,
+    check_positive_float,
+    check_positive_int,
+)
+from ..progress import progress_bar
+from ..seeding import derive_seed, numpy_rng
+from ..sketch import TILE_ROWS, SketchMap
+from .base import MethodOutput, register
+from .probe import LinearProbe, ProbeSelector, head_gradients
+
+GLISTER_MAX_UPDATES = 100
+
+
+def block_rows(n_rows: int, row_bytes: int, budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per block so that a block's temporaries take about ``budget_bytes``."""
+    return max(1, min(n_rows, budget_bytes // max(1, row_bytes)))
+
+
+def head_residuals(
+    weight: torch.Tensor, bias: torch.Tensor, standardized: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """r_i = softmax(W x̂_i + b) − e_{y_i} for every (standardized) row, (N, C), in row blocks."""
+    n_rows = standardized.shape[0]
+    n_classes = weight.shape[0]
+    out = torch.empty(n_rows, n_classes, dtype=weight.dtype, device=standardized.device)
+    step = block_rows(n_rows, 3 * n_classes * out.element_size())
+    for start in range(0, n_rows, step):
+        rows = slice(start, start + step)
+        residual = torch.softmax(standardized[rows] @ weight.T + bias, dim=1)
+        residual[torch.arange(residual.shape[0], device=out.device), labels[rows]] -= 1.0
+        out[rows] = residual
+    return out
+
+
+class HeadGradients:
+    """The head gradients g_i = [r_i ⊗ x̂_i, r_i] of N rows, kept in factored form (x̂_i, r_i).
+
+    ``standardized`` holds the rows x̂_i the head acts on, ``residuals`` the r_i = p_i − e_{y_i}.
+    Vectors in gradient space are flat float64 tensors of length C(d+1) laid out as the
+    columns of :func:`~skmm.selectors.probe.head_gradients`: W row by row, then b.
+    """
+
+    def __init__(self, standardized: torch.Tensor, residuals: torch.Tensor):
+        self.standardized = standardized
+        self.residuals = residuals
+        self.n_rows, self.n_features = standardized.shape
+        self.n_classes = residuals.shape[1]
+        self.n_cols = self.n_classes * (self.n_features + 1)
+        self.block = block_rows(self.n_rows, 3 * self.n_classes * residuals.element_size())
+
+    def _split(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cut = self.n_classes * self.n_features
+        return vector[:cut].view(self.n_classes, self.n_features), vector[cut:]
+
+    def _rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂, r) of the given rows in float64."""
+        return self.standardized[rows].double(), self.residuals[rows].double()
+
+    def mean(self) -> torch.Tensor:
+        """ḡ = (1/N) Σ_i g_i."""
+        weight = torch.zeros(
+            self.n_classes, self.n_features, dtype=torch.float64, device=self.residuals.device
+        )
+        bias = torch.zeros(self.n_classes, dtype=torch.float64, device=self.residuals.device)
+        for start in range(0, self.n_rows, self.block):
+            rows = slice(start, start + self.block)
+            weight += (self.residuals[rows].T @ self.standardized[rows]).double()
+            bias += self.residuals[rows].double().sum(dim=0)
+        return torch.cat([weight.flatten(), bias]) / self.n_rows
+
+    def dot(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """⟨g_i, u⟩ = r_iᵀ(U_W x̂_i + u_b) for all rows (compute dtype) or ``rows`` (float64)."""
+        weight, bias = self._split(vector)
+        if rows is not None:
+            standardized, residuals = self._rows(rows)
+            return ((standardized @ weight.T + bias) * residuals).sum(dim=1)
+        dtype = self.residuals.dtype
+        weight, bias = weight.to(dtype), bias.to(dtype)
+        out = torch.empty(self.n_rows, dtype=dtype, device=self.residuals.device)
+        for start in range(0, self.n_rows, self.block):
+            block = slice(start, start + self.block)
+            projected = torch.addmm(bias, self.standardized[block], weight.T)
+            out[block] = (projected * self.residuals[block]).sum(dim=1)
+        return out
+
+    def gram(self, rows_a: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
+        """⟨g_i, g_j⟩ = (r_iᵀr_j)(x̂_iᵀx̂_j + 1) for i in ``rows_a``, j in ``rows_b``, float64."""
+        standardized_a, residuals_a = self._rows(rows_a)
+        standardized_b, residuals_b = self._rows(rows_b)
+        return (residuals_a @ residuals_b.T) * (standardized_a @ standardized_b.T + 1.0)
+
+    def combine(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_k g_{rows_k} = [Σ_k w_k r_k x̂_kᵀ, Σ_k w_k r_k], float64."""
+        standardized, residuals = self._rows(rows)
+        weighted = residuals * weights.to(residuals)[:, None]
+        return torch.cat([(weighted.T @ standardized).flatten(), weighted.sum(dim=0)])
+
+    def squared_norms(self) -> torch.Tensor:
+        """‖g_i‖² = ‖r_i‖²(‖x̂_i‖² + 1) for all rows."""
+        out = torch.empty(self.n_rows, dtype=self.residuals.dtype, device=self.residuals.device)
+        step = block_rows(self.n_rows, self.n_features * self.standardized.element_size())
+        for start in range(0, self.n_rows, step):
+            block = slice(start, start + step)
+            out[block] = self.residuals[block].square().sum(dim=1) * (
+                self.standardized[block].square().sum(dim=1) + 1.0
+            )
+        return out
+
+
+class DenseGradients:
+    """N gradients stored as the rows of a matrix (e.g. head gradients projected by a JL map).
+
+    Same interface as :class:`HeadGradients`; vectors are flat float64 tensors.
+    """
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+        self.n_rows, self.n_cols = matrix.shape
+
+    def mean(self) -> torch.Tensor:
+        """ḡ = (1/N) Σ_i g_i."""
+        total = torch.zeros(self.n_cols, dtype=torch.float64, device=self.matrix.device)
+        step = block_rows(self.n_rows, self.n_cols * 8)
+        for start in range(0, self.n_rows, step):
+            total += self.matrix[start : start + step].double().sum(dim=0)
+        return total / self.n_rows
+
+    def dot(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """⟨g_i, u⟩ for all rows (compute dtype) or for ``rows`` (float64)."""
+        if rows is not None:
+            return self.matrix[rows].double() @ vector
+        return self.matrix @ vector.to(self.matrix.dtype)
+
+    def gram(self, rows_a: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
+        """⟨g_i, g_j⟩ for i in ``rows_a``, j in ``rows_b``, float64."""
+        return self.matrix[rows_a].double() @ self.matrix[rows_b].double().T
+
+    def combine(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_k g_{rows_k}, float64."""
+        return weights.to(torch.float64) @ self.matrix[rows].double()
+
+    def squared_norms(self) -> torch.Tensor:
+        """‖g_i‖² for all rows."""
+        return self.matrix.square().sum(dim=1)
+
+
+Gradients = HeadGradients | DenseGradients
+
+
+def nnls_gram(
+    quadratic: np.ndarray, linear: np.ndarray, start: np.ndarray | None = None
+) -> np.ndarray:
+    """argmin_{w ≥ 0} ½wᵀQw − cᵀw for positive definite Q (Lawson–Hanson active set).
+
+    With Q = AᵀA and c = Aᵀb this is NNLS min_{w ≥ 0} ‖Aw − b‖². ``start`` (feasible) warm-
+    starts the passive set, which makes refits after adding one column take a step or two.
+    """
+    size = linear.shape[0]
+    weights = np.zeros(size) if start is None else np.maximum(start, 0.0)
+    passive = weights > 0
+    tolerance = 1e-10 * max(float(np.abs(linear).max(initial=0.0)), np.finfo(float).tiny)
+    for _ in range(3 * size + 10):
+        while passive.any():
+            support = np.flatnonzero(passive)
+            solution = np.zeros(size)
+            solution[support] = np.linalg.solve(
+                quadratic[np.ix_(support, support)], linear[support]
+            )
+            if (solution[support] > 0).all():
+                weights = solution
+                break
+            blocked = support[solution[support] <= 0]
+            gap = np.maximum(weights[blocked] - solution[blocked], np.finfo(float).tiny)
+            ratios = weights[blocked] / gap
+            weights = weights + ratios.min() * (solution - weights)
+            weights[blocked[np.argmin(ratios)]] = 0.0
+            passive &= weights > 0
+            weights[~passive] = 0.0
+        dual = linear - quadratic @ weights
+        dual[passive] = -np.inf
+        best = int(np.argmax(dual))
+        if dual[best] <= tolerance:
+            break
+        passive[best] = True
+    return weights
+
+
+@dataclass
+class PursuitResult:
+    """Output of :func:`nonnegative_omp`: picks in order, their weights, why it stopped."""
+
+    support: list[int]
+    weights: np.ndarray
+    stop: str
+    relative_residual: float
+
+
+def nonnegative_omp(
+    gradients: Gradients,
+    target: torch.Tensor,
+    n: int,
+    lam: float,
+    *,
+    progress: bool | None = False,
+) -> PursuitResult:
+    """Orthogonal matching pursuit for min_{w≥0, |S|≤n} ‖Σ_{i∈S} w_i g_i − t‖² + λ‖w‖².
+
+    Each step adds the unpicked row most correlated with the residual t − Σ w_i g_i, then
+    refits w ≥ 0 on all picked rows (NNLS on (G_S G_Sᵀ + λI) w = G_S t). Stops early when
+    the residual vanishes ("residual") or no unpicked row correlates positively with it
+    ("no_positive_correlation"), else after n picks ("budget").
+    """
+    device = target.device
+    squared_norms = gradients.squared_norms()
+    rtol = 100 * torch.finfo(squared_norms.dtype).eps
+    max_norm = float(squared_norms.max().sqrt())
+    target_norm = float(target.norm())
+    available = torch.ones(gradients.n_rows, dtype=torch.bool, device=device)
+    support: list[int] = []
+    gram = np.zeros((0, 0))
+    linear = np.zeros(0)
+    weights = np.zeros(0)
+    residual = target.clone()
+    stop = "budget"
+    with progress_bar(n, "gradmatch", progress, unit="pick") as bar:
+        while len(support) < n:
+            residual_norm = float(residual.norm())
+            if residual_norm <= rtol * target_norm or target_norm == 0.0:
+                stop = "residual"
+                break
+            correlations = gradients.dot(residual)
+            correlations[~available] = -torch.inf
+            best = int(torch.argmax(correlations))
+            if float(correlations[best]) <= rtol * residual_norm * max_norm:
+                stop = "no_positive_correlation"
+                break
+            picked = torch.tensor(support, dtype=torch.int64, device=device)
+            new = torch.tensor([best], dtype=torch.int64, device=device)
+            cross = gradients.gram(picked, new).cpu().numpy()
+            gram = np.block([[gram, cross], [cross.T, gradients.gram(new, new).cpu().numpy()]])
+            linear = np.append(linear, float(gradients.dot(target, new)[0]))
+            support.append(best)
+            available[best] = False
+            weights = nnls_gram(gram + lam * np.eye(len(support)), linear, np.append(weights, 0))
+            rows = torch.tensor(support, dtype=torch.int64, device=device)
+            residual = target - gradients.combine(rows, torch.from_numpy(weights).to(device))
+            bar.update(1)
+    relative = float(residual.norm()) / target_norm if target_norm > 0 else 0.0
+    return PursuitResult(support, weights, stop, relative)
+
+
+def sketch_head_gradients(
+    probe: LinearProbe,
+    standardized: torch.Tensor,
+    labels: torch.Tensor,
+    grad_dim: int,
+    seed: int,
+) -> torch.Tensor:
+    """G̃ = GΓ (N × grad_dim) for the head gradients G of standardized rows, by row blocks.
+
+    Γ is the block-seeded Gaussian JL map of :class:`~skmm.sketch.SketchMap`.
+    """
+    n_rows, n_features = standardized.shape
+    n_cols = probe.n_classes * (n_features + 1)
+    sketch_map = SketchMap(
+        n_cols, grad_dim, "gaussian", seed, device=standardized.device, dtype=standardized.dtype
+    )
+    head = LinearProbe(
+        probe.weight,
+        probe.bias,
+        torch.zeros_like(probe.mean),
+        torch.ones_like(probe.scale),
+    )
+    step = block_rows(n_rows, (n_cols + grad_dim) * 8)
+    step = math.ceil(step / TILE_ROWS) * TILE_ROWS
+    out = torch.empty(n_rows, grad_dim, dtype=standardized.dtype, device=standardized.device)
+    for start in range(0, n_rows, step):
+        rows = slice(start, start + step)
+        block = head_gradients(head, standardized[rows], labels[rows])
+        out[rows] = sketch_map.apply(block).to(out.dtype)
+    return out
+
+
+@register
+class Glister(ProbeSelector):
+    """GLISTER (Killamsetty et al. 2021): greedy one-step Taylor gain of the pool likelihood.
+
+    Options: ``eta`` (the SGD step defining θ_S), ``greedy_block`` (picks per θ update;
+    None: ⌈n/100⌉, so at most 100 updates), and the probe's ``epochs``, ``lr``,
+    ``weight_decay``, ``batch_size``. Cost O(N·C·d) per θ update; memory O(N·C).
+    """
+
+    name = "glister"
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        eta: float = 0.1,
+        greedy_block: int | None = None,
+        epochs: int = 20,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        stratify: Any = None,
+        random_state: int | np.random.Generator | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = False,
+    ) -> None:
+        super().__init__(
+            n, stratify=stratify, random_state=random_state, device=device, progress=progress
+        )
+        self.eta = eta
+        self.greedy_block = greedy_block
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+
+    def _check_params(self, n_pool: int, n_cols: int) -> None:
+        super()._check_params(n_pool, n_cols)
+        check_positive_float(self.eta, "eta")
+        if self.greedy_block is not None:
+            check_positive_int(self.greedy_block, "greedy_block")
+
+    def _prepare(
+        self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]:
+        assert labels is not None
+        standardized, targets, info = self._fit_probe(features, labels, seed)
+        return (standardized, targets), info
+
+    def _select(self, data: tuple[torch.Tensor, torch.Tensor], n: int, seed: int) -> MethodOutput:
+        standardized, labels = data
+        start_weight, start_bias = self.probe_.weight, self.probe_.bias
+        block = min(n, self.greedy_block or math.ceil(n / GLISTER_MAX_UPDATES))
+        start_gradients = HeadGradients(
+            standardized, head_residuals(start_weight, start_bias, standardized, labels)
+        )
+        gradients = start_gradients
+        device = standardized.device
+        available = torch.ones(standardized.shape[0], dtype=torch.bool, device=device)
+        picks: list[torch.Tensor] = []
+        n_picked = updates = 0
+        step_sum = torch.zeros(start_gradients.n_cols, dtype=torch.float64, device=device)
+        gradient_norms: list[float] = []
+        cut = start_weight.numel()
+        with progress_bar(n, "glister", self.progress, unit="pick") as bar:
+            while True:
+                pool_gradient = gradients.mean()
+                gradient_norms.append(float(pool_gradient.norm()))
+                gains = gradients.dot(pool_gradient)
+                gains[~available] = -torch.inf
+                chosen = torch.sort(gains, descending=True, stable=True).indices
+                chosen = chosen[: min(block, n - n_picked)]
+                picks.append(chosen)
+                available[chosen] = False
+                n_picked += chosen.numel()
+                bar.update(chosen.numel())
+                if n_picked == n:
+                    break
+                ones = torch.ones(chosen.numel(), dtype=torch.float64, device=device)
+                step_sum += start_gradients.combine(chosen, ones)
+                step = (self.eta / n_picked) * step_sum.to(start_weight.dtype)
+                weight = start_weight - step[:cut].view_as(start_weight)
+                bias = start_bias - step[cut:]
+                gradients = HeadGradients(
+                    standardized, head_residuals(weight, bias, standardized, labels)
+                )
+                updates += 1
+        indices = torch.cat(picks).cpu().numpy()
+        info = {
+            "greedy_block": block,
+            "updates": updates,
+            "pool_gradient_norm": {"start": gradient_norms[0], "end": gradient_norms[-1]},
+        }
+        return MethodOutput(indices, None, info)
+
+
+@register
+class GradMatch(ProbeSelector):
+    """GRAD-MATCH (Killamsetty et al. 2021): weighted rows whose gradients sum to the mean's.
+
+    Options: ``lam`` (L2 penalty on the weights), ``grad_dim`` (None: exact gradients in
+    factored form, O(N·C·d) per pick; an int: project the C(d+1)-column gradients to that
+    many columns once, O(N·grad_dim) per pick, when they have more), and the
+    probe's ``epochs``, ``lr``, ``weight_decay``, ``batch_size``. Weights are non-negative
+    and sum to 1; rows added to fill the budget after an early stop get weight 0.
+    """
+
+    name = "gradmatch"
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        lam: float = 1.0,
+        grad_dim: int | None = None,
+        epochs: int = 20,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        stratify: Any = None,
+        random_state: int | np.random.Generator | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = False,
+    ) -> None:
+        super().__init__(
+            n, stratify=stratify, random_state=random_state, device=device, progress=progress
+        )
+        self.lam = lam
+        self.grad_dim = grad_dim
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+
+    def _check_params(self, n_pool: int, n_cols: int) -> None:
+        super()._check_params(n_pool, n_cols)
+        check_positive_float(self.lam, "lam")
+        if self.grad_dim is not None:
+            check_positive_int(self.grad_dim, "grad_dim")
+
+    def _prepare(
+        self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
+    ) -> tuple[Any, dict[str, Any]]:
+        assert labels is not None
+        standardized, targets, info = self._fit_probe(features, labels, seed)
+        probe = self.probe_
+        n_cols = probe.n_classes * (standardized.shape[1] + 1)
+        info["gradient_columns"] = n_cols
+        if self.grad_dim is None or n_cols <= self.grad_dim:
+            info["gradients"] = "exact"
+            residuals = head_residuals(probe.weight, probe.bias, standardized, targets)
+            return (standardized, residuals), info
+        began = time.perf_counter()
+        sketch_seed = derive_seed(seed, "gradmatch", "sketch")
+        sketched = sketch_head_gradients(probe, standardized, targets, self.grad_dim, sketch_seed)
+        info["gradients"] = {"sketch": "gaussian", "grad_dim": self.grad_dim, "seed": sketch_seed}
+        info["timings"]["sketch"] = time.perf_counter() - began
+        return sketched, info
+
+    def _select(self, data: Any, n: int, seed: int) -> MethodOutput:
+        if isinstance(data, tuple):
+            gradients: Gradients = HeadGradients(*data)
+        else:
+            gradients = DenseGradients(data)
+        result = nonnegative_omp(gradients, gradients.mean(), n, self.lam, progress=self.progress)
+        indices = np.asarray(result.support, dtype=np.int64)
+        weights = np.zeros(n)
+        weights[: indices.size] = result.weights
+        n_pursuit = indices.size
+        if n_pursuit < n:
+            rest = np.setdiff1d(np.arange(gradients.n_rows), indices)
+            drawn = numpy_rng(seed, "gradmatch", "complete").choice(rest, n - n_pursuit, False)
+            indices = np.concatenate([indices, np.sort(drawn)])
+        total = weights.sum()
+        weights = weights / total if total > 0 else np.full(n, 1.0 / n)
+        info = {
+            "stop": result.stop,
+            "pursuit_picks": n_pursuit,
+            "uniform_fill": n - n_pursuit,
+            "zero_weights": int((weights == 0).sum()),
+            "relative_residual": result.relative_residual,
+        }
+        return MethodOutput(indices, weights, info)

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+
+import skmm
+from skmm.bench.synthetic import make_mixture
+
+
+def test_r_at_most_m_skips_the_sketch():
+    features = np.random.default_rng(0).standard_normal((100, 10))
+    selection = skmm.select(features, 10, sketch_dim=16, random_state=0)
+    assert selection.info["sketch"] == {"kind": "none", "reason": "r <= sketch_dim"}
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_sketched_selection_reports_its_stages(kind):
+    features = np.random.default_rng(0).standard_normal((300, 500))
+    selection = skmm.select(features, 20, sketch_dim=32, sketch=kind, random_state=0)
+    info = selection.info
+    assert info["sketch"]["kind"] == kind and info["sketch"]["sketch_dim"] == 32
+    for stage in ("sketch", "spectrum", "solve", "rounding", "total"):
+        assert info["timings"][stage] >= 0
+    solver = info["solver"]
+    assert (
+        solver["iterations"] >= 1 and len(solver["trace"]["objective"]) == solver["iterations"] + 1
+    )
+    assert 1 <= info["intrinsic_dimension"] <= 32
+    assert info["c_S"] > 0 and info["c_S_directions"] >= 1
+    assert selection.weights.sum() == pytest.approx(1.0)
+    assert (selection.weights >= 0).all()
+
+
+def test_identical_results_for_numpy_torch_and_batch_sizes():
+    features = np.random.default_rng(1).standard_normal((400, 300)).astype(np.float32)
+    base = skmm.select(features, 25, sketch_dim=64, random_state=3)
+    again = skmm.select(torch.from_numpy(features), 25, sketch_dim=64, random_state=3)
+    batched = skmm.select(features, 25, sketch_dim=64, random_state=3, batch_size=7)
+    np.testing.assert_array_equal(base.indices, again.indices)
+    np.testing.assert_array_equal(base.indices, batched.indices)
+
+
+def test_covers_every_cluster_when_c_demands_it():
+    # With c < 1 the coreset's moments must exceed the pool's along every direction; on a
+    # well-separated mixture with few directions the solution spreads over all clusters.
+    pool = make_mixture(600, 300, n_clusters=4, noise=1e-3, seed=2)
+    selection = skmm.select(pool.features, 40, sketch_dim=16, c=0.9, random_state=0)
+    assert np.unique(pool.clusters[selection.indices]).size == 4
+
+
+def test_n_equal_to_the_pool_selects_everything():
+    selection = skmm.select(np.random.default_rng(0).standard_normal((12, 3)), 12, random_state=0)
+    assert sorted(selection.indices) == list(range(12))
+
+
+def test_all_zero_features_fall_back_to_a_uniform_draw():
+    selection = skmm.select(np.zeros((20, 5)), 4, random_state=0)
+    assert len(selection) == 4
+    assert "all features are zero" in selection.info["note"]
+
+
+def test_seed_objective_starves_a_low_energy_direction():
+    # Rows e1 ×10, e2 ×10, e3 ×1: λ = (10, 10, 1)/21 and with c = 0.5 the targets are 2λ.
+    # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the seed's
+    # λ²-weighted objective gives the single e3 row no mass (DESIGN.md §2).
+    rows = np.repeat(np.eye(3), [10, 10, 1], axis=0)
+    selection = skmm.select(rows, 6, c=0.5, random_state=0, tol=1e-8)
+    assert 20 not in selection.indices
+    assert np.sum(selection.indices < 10) == 3
+    assert selection.info["objective"] == pytest.approx(2 * (20 / 21 - 0.5) ** 2 + (2 / 21) ** 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"sketch_dim": 0}, ValueError, "sketch_dim"),
+        ({"sketch": "fjlt"}, ValueError, "gaussian, sparse_sign, none"),
+        ({"c": -1.0}, ValueError, "c must be"),
+        ({"c": "big"}, TypeError, "c must be a number"),
+        ({"rounding": "round"}, ValueError, "systematic, pivotal, topn, weighted"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"tol": 0.0}, ValueError, "tol"),
+        ({"batch_size": -5}, ValueError, "batch_size"),
+        ({"progress": "yes"}, TypeError, "progress"),
+    ],
+)
+def test_bad_options(options, error, match):
+    with pytest.raises(error, match=match):
+        skmm.select(np.ones((10, 3)), 2, **options)
+
+
+def test_unsketched_huge_r_is_refused_up_front():
+    features = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(4, 20_000), strides=(0, 0))
+    with pytest.raises(ValueError, match="sketch instead"):
+        skmm.select(features, 2, sketch="none")
+
+
+def test_estimator_style():
+    features = np.random.default_rng(0).standard_normal((50, 8))
+    estimator = skmm.SkMM(n=5, c=0.8, random_state=0)
+    assert estimator.fit(features) is estimator
+    assert len(estimator.selection_) == 5
+    assert estimator.get_params()["c"] == 0.8
+    assert "SkMM(n=5" in repr(estimator)

@@ -1,0 +1,183 @@
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from skmm import Selection
+from skmm.cli import main
+
+
+@pytest.fixture
+def features_file(tmp_path):
+    path = tmp_path / "features.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((200, 50)).astype(np.float32))
+    return path
+
+
+def test_select_writes_json_with_diagnostics(features_file, tmp_path, capsys):
+    out = tmp_path / "sel.json"
+    status = main(
+        [
+            "select",
+            str(features_file),
+            "--n",
+            "10",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--sketch-dim",
+            "16",
+        ]
+    )
+    assert status == 0
+    payload = json.loads(out.read_text())
+    assert payload["format"] == "skmm.selection" and len(payload["indices"]) == 10
+    assert payload["info"]["params"]["sketch_dim"] == 16
+    assert "selected 10 of 200 rows with skmm" in capsys.readouterr().err
+
+
+def test_cli_matches_the_python_api(features_file, tmp_path):
+    import skmm
+
+    out = tmp_path / "sel.npy"
+    assert (
+        main(
+            [
+                "select",
+                str(features_file),
+                "--n",
+                "7",
+                "--method",
+                "uniform",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    expected = skmm.select(np.load(features_file), 7, "uniform", random_state=1)
+    np.testing.assert_array_equal(Selection.load(out).indices, expected.indices)
+
+
+def test_indices_go_to_stdout_without_out(features_file, capsys):
+    assert (
+        main(
+            [
+                "select",
+                str(features_file),
+                "--n",
+                "4",
+                "--method",
+                "uniform",
+                "--seed",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.split()
+    assert len(lines) == 4 and all(line.isdigit() for line in lines)
+
+
+def test_safetensors_npz_labels_and_generic_options(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    save_file(
+        {"g": rng.standard_normal((60, 8)).astype(np.float32)}, str(tmp_path / "g.safetensors")
+    )
+    (tmp_path / "labels.txt").write_text("\n".join(["cat"] * 40 + ["dog"] * 20))
+    out = tmp_path / "sel.npz"
+    status = main(
+        [
+            "select",
+            str(tmp_path / "g.safetensors"),
+            "--key",
+            "g",
+            "--n",
+            "9",
+            "--labels",
+            str(tmp_path / "labels.txt"),
+            "--stratify",
+            "proportional",
+            "-o",
+            "max_iter=50",
+            "-o",
+            'rounding="pivotal"',
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0, capsys.readouterr().err
+    selection = Selection.load(out)
+    assert [c["budget"] for c in selection.info["classes"]] == [6, 3]
+    assert selection.info["params"]["max_iter"] == 50
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "n must be >= 1"),
+        (["--n", "500"], "exceeds the pool size"),
+        (["--n", "3", "--method", "nope"], "available methods"),
+        (["--n", "3", "--method", "uniform", "--sketch-dim", "4"], "does not take option"),
+        (["--n", "3", "-o", "bogus"], "NAME=VALUE"),
+        (["--n", "3", "--stratify", "balanced"], "needs --labels"),
+        (["--n", "3", "--out", "x.csv"], "use .json, .npy or .npz"),
+    ],
+)
+def test_input_errors_exit_2_with_one_line(features_file, tmp_path, capsys, args, message):
+    status = main(["select", str(features_file), *args])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("skmm: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_pickle_input_is_refused(tmp_path, capsys):
+    path = tmp_path / "features.npy"
+    path.write_bytes(pickle.dumps(np.ones((5, 5))))
+    assert main(["select", str(path), "--n", "2"]) == 2
+    assert "never loads pickles" in capsys.readouterr().err
+
+
+def test_missing_file(tmp_path, capsys):
+    assert main(["select", str(tmp_path / "nope.npy"), "--n", "2"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_methods_command_lists_options(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "skmm" in out and "sketch_dim" in out and "uniform" in out
+
+
+def test_console_script_runs_as_a_module(features_file):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skmm",
+            "select",
+            str(features_file),
+            "--n",
+            "3",
+            "--method",
+            "uniform",
+            "--seed",
+            "0",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and len(done.stdout.split()) == 3

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+
+from skmm.inputs import (
+    as_feature_matrix,
+    check_budget,
+    check_choice,
+    check_labels,
+    check_positive_float,
+    check_positive_int,
+    resolve_device,
+)
+
+
+def test_numpy_and_torch_inputs_agree():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    a = as_feature_matrix(x)
+    b = as_feature_matrix(torch.from_numpy(x))
+    assert a.shape == b.shape == (4, 3)
+    torch.testing.assert_close(a.to_tensor(), b.to_tensor())
+    assert a.compute_dtype == torch.float32
+
+
+def test_float64_is_kept_and_ints_become_float32():
+    assert as_feature_matrix(np.ones((2, 2))).compute_dtype == torch.float64
+    assert as_feature_matrix(np.ones((2, 2), dtype=np.int16)).compute_dtype == torch.float32
+    assert as_feature_matrix(torch.ones(2, 2, dtype=torch.bfloat16)).compute_dtype == torch.float32
+
+
+def test_lists_and_dataframes_are_accepted():
+    pd = pytest.importorskip("pandas")
+    assert as_feature_matrix([[1.0, 2.0], [3.0, 4.0]]).shape == (2, 2)
+    assert as_feature_matrix(pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        (np.ones(5), "must be 2-D"),
+        (np.ones((2, 3, 4)), "must be 2-D"),
+        (np.ones((0, 3)), "N = 0"),
+        (np.ones((3, 0)), "length 0"),
+        (np.array([[1.0, np.nan]]), "non-finite"),
+        (np.array([[1.0], [np.inf]]), "row 1"),
+        ([[1.0, 2.0], [3.0]], "ragged|sequence"),
+    ],
+)
+def test_bad_shapes_and_values_are_value_errors(features, match):
+    with pytest.raises(ValueError, match=match):
+        as_feature_matrix(features)
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        np.array([[True, False]]),
+        np.array([[1 + 2j]]),
+        np.array([["a", "b"]]),
+        np.array([[object()]], dtype=object),
+        torch.ones(2, 2, dtype=torch.complex64),
+        torch.ones(2, 2, dtype=torch.bool),
+        "features.npy",
+        {"a": 1},
+    ],
+)
+def test_bad_types_are_type_errors(features):
+    with pytest.raises(TypeError):
+        as_feature_matrix(features)
+
+
+def test_sparse_matrices_get_a_pointed_message():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse"):
+        as_feature_matrix(sparse.random(5, 5, format="csr"))
+
+
+def test_memmap_nan_is_found_on_read(tmp_path):
+    path = tmp_path / "x.npy"
+    data = np.ones((10, 3), dtype=np.float32)
+    data[7, 2] = np.nan
+    np.save(path, data)
+    mapped = np.load(path, mmap_mode="r")
+    matrix = as_feature_matrix(mapped)
+    assert matrix.rows(0, 5).shape == (5, 3)
+    with pytest.raises(ValueError, match="row 7"):
+        matrix.rows(5, 10)
+
+
+def test_chunks_cover_every_row_once():
+    x = np.arange(30.0).reshape(10, 3)
+    matrix = as_feature_matrix(x)
+    rows = torch.cat([chunk for _, chunk in matrix.chunks(3)])
+    np.testing.assert_array_equal(rows.numpy(), x)
+
+
+@pytest.mark.parametrize(("n", "error"), [(0, ValueError), (-3, ValueError), (11, ValueError)])
+def test_budget_range(n, error):
+    with pytest.raises(error, match="n"):
+        check_budget(n, 10)
+
+
+@pytest.mark.parametrize("n", [2.0, 2.5, "3", True, None])
+def test_budget_must_be_an_integer(n):
+    with pytest.raises(TypeError, match="integer"):
+        check_budget(n, 10)
+
+
+def test_budget_accepts_numpy_ints():
+    assert check_budget(np.int64(4), 10) == 4
+
+
+def test_scalar_checks():
+    assert check_positive_int(3, "k") == 3
+    assert check_positive_float(0.5, "c") == 0.5
+    with pytest.raises(ValueError, match="c must be"):
+        check_positive_float(0, "c")
+    with pytest.raises(ValueError, match="c must be"):
+        check_positive_float(float("nan"), "c")
+    with pytest.raises(ValueError, match="choose one of: a, b"):
+        check_choice("z", "kind", ("a", "b"))
+
+
+def test_labels():
+    classes, codes = check_labels(["b", "a", "b"], 3)
+    assert list(classes) == ["a", "b"]
+    assert list(codes) == [1, 0, 1]
+    classes, codes = check_labels(torch.tensor([3, 3, 1]), 3)
+    assert list(classes) == [1, 3]
+    with pytest.raises(ValueError, match="length 2"):
+        check_labels([1, 2], 3)
+    with pytest.raises(ValueError, match="1-D"):
+        check_labels(np.ones((3, 1)), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        check_labels([1.0, np.nan, 2.0], 3)
+
+
+def test_devices():
+    assert resolve_device(None).type == "cpu"
+    assert resolve_device(None, like=torch.ones(1)).type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -1,0 +1,106 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from skmm.io import atomic_write, load_array, read_json, sniff_format, write_json
+
+
+def test_npy_is_memory_mapped(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((3, 2), dtype=np.float32))
+    loaded = load_array(tmp_path / "x.npy")
+    assert isinstance(loaded, np.memmap) and loaded.shape == (3, 2)
+
+
+def test_npz_and_safetensors_with_and_without_key(tmp_path):
+    np.savez(tmp_path / "one.npz", x=np.ones((2, 2)))
+    np.savez(tmp_path / "two.npz", x=np.ones((2, 2)), y=np.arange(2))
+    save_file({"g": np.ones((2, 3), dtype=np.float32)}, str(tmp_path / "g.safetensors"))
+    assert load_array(tmp_path / "one.npz").shape == (2, 2)
+    assert load_array(tmp_path / "two.npz", "y").shape == (2,)
+    assert load_array(tmp_path / "g.safetensors").shape == (2, 3)
+    with pytest.raises(ValueError, match="holds 2 arrays"):
+        load_array(tmp_path / "two.npz")
+    with pytest.raises(ValueError, match="no array 'z'"):
+        load_array(tmp_path / "two.npz", "z")
+
+
+def test_text_labels(tmp_path):
+    (tmp_path / "ints.txt").write_text("1\n0\n1\n")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    (tmp_path / "table.csv").write_text("1,2\n3,4\n")
+    assert load_array(tmp_path / "ints.txt").tolist() == [1, 0, 1]
+    assert load_array(tmp_path / "names.txt").tolist() == ["cat", "dog"]
+    assert load_array(tmp_path / "table.csv").shape == (2, 2)
+
+
+def test_a_pickle_disguised_as_npy_is_refused_without_running_it(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "features.npy"
+    path.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(ValueError, match="pickle"):
+        load_array(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_object_npy_is_refused(tmp_path):
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        load_array(path)
+
+
+def test_torch_pt_file_is_refused(tmp_path):
+    path = tmp_path / "features.pt"
+    torch.save(torch.ones(2, 2), path)
+    with pytest.raises(ValueError, match="pickle"):
+        load_array(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"", "empty"), (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", "truncated|corrupt")],
+)
+def test_empty_and_truncated_files(tmp_path, content, match):
+    path = tmp_path / "x.npy"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_array(path)
+
+
+def test_truncated_npy_data(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((100, 100), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated|corrupt"):
+        load_array(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_array(tmp_path / "nope.npy")
+    with pytest.raises(ValueError, match="directory"):
+        sniff_format(tmp_path)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as stream:
+        stream.write("partial")
+        raise RuntimeError("crash")
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_corrupt_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"a": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_json(path)

@@ -1,0 +1,123 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import skmm
+from skmm.sketch import TILE_ROWS, SketchMap, block_rows
+
+
+def _matrix(rows, cols, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal((rows, cols)).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 700))
+def test_sketch_is_identical_for_every_batch_size(kind, batch):
+    x = _matrix(600, 1500, seed=1)
+    reference = skmm.sketch(x, 48, kind=kind, seed=3, batch_size=600)
+    np.testing.assert_array_equal(
+        skmm.sketch(x, 48, kind=kind, seed=3, batch_size=batch), reference
+    )
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_sketch_equals_explicit_map_product(kind):
+    x = _matrix(200, 3000, seed=2).astype(np.float64)
+    sketch_map = SketchMap(3000, 64, kind, seed=5, dtype=torch.float64)
+    assert sketch_map.n_blocks == math.ceil(3000 / block_rows(64))
+    expected = x @ sketch_map.dense().numpy()
+    np.testing.assert_allclose(skmm.sketch(x, 64, kind, seed=5), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_sketch_preserves_norms_on_average(kind):
+    x = _matrix(400, 4000, seed=3)
+    sketched = skmm.sketch(x, 512, kind=kind, seed=0)
+    ratio = np.linalg.norm(sketched, axis=1) ** 2 / np.linalg.norm(x, axis=1) ** 2
+    # E‖xΓ‖² = ‖x‖² and each ratio concentrates with relative spread about sqrt(2/m).
+    assert abs(ratio.mean() - 1.0) < 0.02
+    assert np.abs(ratio - 1.0).max() < 6 * math.sqrt(2 / 512)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_map_is_isotropic_in_expectation(kind):
+    gamma = SketchMap(64, 2048, kind, seed=1).dense().double()
+    gram = gamma @ gamma.T
+    assert torch.allclose(torch.diagonal(gram), torch.ones(64, dtype=torch.float64), atol=0.1)
+    off = gram - torch.diag(torch.diagonal(gram))
+    assert off.abs().max() < 0.15
+
+
+def test_sparse_sign_structure():
+    sketch_map = SketchMap(1000, 64, "sparse_sign", seed=2)
+    gamma = sketch_map.dense()
+    nonzero = gamma != 0
+    assert (nonzero.sum(dim=1) == 8).all()
+    assert torch.allclose(gamma[nonzero].abs(), torch.full((8000,), 1 / math.sqrt(8)))
+    # one nonzero in each of the 8 column stripes of width 8
+    stripes = nonzero.view(1000, 8, 8).sum(dim=2)
+    assert (stripes == 1).all()
+
+
+def test_sparse_sign_with_fewer_columns_than_nonzeros():
+    gamma = SketchMap(10, 3, "sparse_sign", seed=0).dense()
+    assert ((gamma != 0).sum(dim=1) == 3).all()
+
+
+def test_same_seed_same_map_other_seed_other_map():
+    a = SketchMap(5000, 32, "gaussian", seed=1).dense()
+    b = SketchMap(5000, 32, "gaussian", seed=1, cache_bytes=0).dense()
+    c = SketchMap(5000, 32, "gaussian", seed=2).dense()
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_torch_input_gives_tensor_and_matches_numpy():
+    x = _matrix(300, 900)
+    from_numpy = skmm.sketch(x, 32, seed=4)
+    from_torch = skmm.sketch(torch.from_numpy(x), 32, seed=4)
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.dtype == np.float32
+    assert isinstance(from_torch, torch.Tensor)
+    np.testing.assert_array_equal(from_torch.numpy(), from_numpy)
+
+
+def test_memmap_input_matches_in_memory(tmp_path):
+    x = _matrix(TILE_ROWS * 3 + 5, 700)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    np.testing.assert_array_equal(
+        skmm.sketch(mapped, 16, seed=0, batch_size=100), skmm.sketch(x, 16, seed=0)
+    )
+
+
+def test_row_sketch_does_not_depend_on_other_rows():
+    x = _matrix(300, 500)
+    full = skmm.sketch(x, 16, seed=0)
+    np.testing.assert_array_equal(skmm.sketch(x[:TILE_ROWS], 16, seed=0), full[:TILE_ROWS])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"sketch_dim": 0}, ValueError, "sketch_dim"),
+        ({"sketch_dim": 2.5}, TypeError, "sketch_dim"),
+        ({"sketch_dim": 8, "kind": "fjlt"}, ValueError, "gaussian, sparse_sign"),
+        ({"sketch_dim": 8, "seed": -1}, ValueError, "seed"),
+        ({"sketch_dim": 8, "batch_size": 0}, ValueError, "batch_size"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        skmm.sketch(_matrix(10, 20), **kwargs)
+
+
+def test_nan_input_is_refused():
+    x = _matrix(10, 20)
+    x[3, 4] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        skmm.sketch(x, 8)
