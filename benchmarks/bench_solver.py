@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     print("| N | m | n | c | spectrum (s) | solve (s) | iterations | ms/iter | objective | stop |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for rows in args.sizes:

@@ -13,17 +13,61 @@ def test_r_at_most_m_skips_the_sketch():
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
-def test_sketched_selection_reports_its_stages(kind):
+def test_default_selection_reports_its_stages(kind):
     features = np.random.default_rng(0).standard_normal((300, 500))
     selection = skmm.select(features, 20, sketch_dim=32, sketch=kind, random_state=0)
     info = selection.info
     assert info["sketch"]["kind"] == kind and info["sketch"]["sketch_dim"] == 32
+    assert info["objective_kind"] == "aopt"
+    for stage in ("sketch", "spectrum", "design", "total"):
+        assert info["timings"][stage] >= 0
+    assert 1 <= info["directions"]["k"] <= 32
+    assert len(info["greedy"]["gains"]) == 20
+    assert info["c_S"] == pytest.approx(1 / info["gamma_min"])
+    assert selection.weights is None
+
+
+@pytest.mark.parametrize("objective", ["aopt", "logdet"])
+@pytest.mark.parametrize("pool_seed", [0, 1, 2])
+def test_matrix_objectives_cover_every_cluster_of_the_mixture(objective, pool_seed):
+    pool = make_mixture(1000, 600, n_clusters=8, seed=pool_seed)
+    selection = skmm.select(pool.features, 12, objective=objective, random_state=0)
+    assert np.unique(pool.clusters[selection.indices]).size == 8
+    assert selection.info["directions"] == pytest.approx(
+        {"k": 8, "rule": "eigengap", "gap_ratio": selection.info["directions"]["gap_ratio"]}
+    )
+    assert np.isfinite(selection.info["c_S"])
+
+
+def test_aopt_allocates_like_the_square_root_of_cluster_shares():
+    # Σ_c p_c / n_c, the variance of a cluster-mean fit, is least at n_c ∝ √p_c (A-optimal);
+    # log det spreads the budget evenly.
+    rows = np.repeat(np.eye(2), [900, 100], axis=0) + 1e-3 * np.random.default_rng(
+        0
+    ).standard_normal((1000, 2))
+    aopt = skmm.select(rows, 40, objective="aopt", random_state=0).indices
+    logdet = skmm.select(rows, 40, objective="logdet", random_state=0).indices
+    assert np.sum(aopt < 900) == 30  # √0.9 : √0.1 = 3 : 1
+    assert np.sum(logdet < 900) == 20
+
+
+def test_directions_and_ridge_options():
+    pool = make_mixture(500, 300, n_clusters=4, seed=3)
+    given = skmm.select(pool.features, 10, directions=3, ridge=1e-3, random_state=0)
+    assert given.info["directions"]["k"] == 3 and given.info["directions"]["rule"] == "given"
+    gap = skmm.select(pool.features, 10, directions="gap", random_state=0)
+    assert gap.info["directions"]["k"] == 4
+
+
+def test_seed_objective_reports_its_solver():
+    features = np.random.default_rng(0).standard_normal((300, 500))
+    selection = skmm.select(features, 20, sketch_dim=32, objective="seed", random_state=0)
+    info = selection.info
     for stage in ("sketch", "spectrum", "solve", "rounding", "total"):
         assert info["timings"][stage] >= 0
     solver = info["solver"]
-    assert (
-        solver["iterations"] >= 1 and len(solver["trace"]["objective"]) == solver["iterations"] + 1
-    )
+    assert solver["iterations"] >= 1
+    assert len(solver["trace"]["objective"]) == solver["iterations"] + 1
     assert 1 <= info["intrinsic_dimension"] <= 32
     assert info["c_S"] > 0 and info["c_S_directions"] >= 1
     assert selection.weights.sum() == pytest.approx(1.0)
@@ -39,16 +83,20 @@ def test_identical_results_for_numpy_torch_and_batch_sizes():
     np.testing.assert_array_equal(base.indices, batched.indices)
 
 
-def test_covers_every_cluster_when_c_demands_it():
+def test_seed_objective_covers_every_cluster_when_c_demands_it():
     # With c < 1 the coreset's moments must exceed the pool's along every direction; on a
     # well-separated mixture with few directions the solution spreads over all clusters.
     pool = make_mixture(600, 300, n_clusters=4, noise=1e-3, seed=2)
-    selection = skmm.select(pool.features, 40, sketch_dim=16, c=0.9, random_state=0)
+    selection = skmm.select(
+        pool.features, 40, sketch_dim=16, objective="seed", c=0.9, random_state=0
+    )
     assert np.unique(pool.clusters[selection.indices]).size == 4
 
 
-def test_n_equal_to_the_pool_selects_everything():
-    selection = skmm.select(np.random.default_rng(0).standard_normal((12, 3)), 12, random_state=0)
+@pytest.mark.parametrize("objective", ["aopt", "logdet", "seed"])
+def test_n_equal_to_the_pool_selects_everything(objective):
+    features = np.random.default_rng(0).standard_normal((12, 3))
+    selection = skmm.select(features, 12, objective=objective, random_state=0)
     assert sorted(selection.indices) == list(range(12))
 
 
@@ -58,12 +106,20 @@ def test_all_zero_features_fall_back_to_a_uniform_draw():
     assert "all features are zero" in selection.info["note"]
 
 
+def test_duplicate_rows_are_never_picked_twice_and_all_directions_are_covered():
+    rows = np.repeat(np.eye(3), [10, 10, 3], axis=0)
+    selection = skmm.select(rows, 6, random_state=0)
+    assert len(np.unique(selection.indices)) == 6
+    assert selection.info["directions"]["k"] == 3
+    assert np.bincount(selection.indices // 10, minlength=3).min() >= 1
+
+
 def test_seed_objective_starves_a_low_energy_direction():
     # Rows e1 ×10, e2 ×10, e3 ×1: λ = (10, 10, 1)/21 and with c = 0.5 the targets are 2λ.
     # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the seed's
     # λ²-weighted objective gives the single e3 row no mass (DESIGN.md §2).
     rows = np.repeat(np.eye(3), [10, 10, 1], axis=0)
-    selection = skmm.select(rows, 6, c=0.5, random_state=0, tol=1e-8)
+    selection = skmm.select(rows, 6, objective="seed", c=0.5, random_state=0, tol=1e-8)
     assert 20 not in selection.indices
     assert np.sum(selection.indices < 10) == 3
     assert selection.info["objective"] == pytest.approx(2 * (20 / 21 - 0.5) ** 2 + (2 / 21) ** 2)
@@ -74,11 +130,17 @@ def test_seed_objective_starves_a_low_energy_direction():
     [
         ({"sketch_dim": 0}, ValueError, "sketch_dim"),
         ({"sketch": "fjlt"}, ValueError, "gaussian, sparse_sign, none"),
-        ({"c": -1.0}, ValueError, "c must be"),
-        ({"c": "big"}, TypeError, "c must be a number"),
-        ({"rounding": "round"}, ValueError, "systematic, pivotal, topn, weighted"),
-        ({"max_iter": 0}, ValueError, "max_iter"),
-        ({"tol": 0.0}, ValueError, "tol"),
+        ({"objective": "eopt"}, ValueError, "seed, logdet, aopt"),
+        ({"directions": "elbow"}, ValueError, "auto, gap"),
+        ({"directions": 0}, ValueError, "directions"),
+        ({"ridge": -1.0}, ValueError, "ridge"),
+        ({"c": 0.5}, ValueError, "do not apply to objective='aopt'"),
+        ({"objective": "seed", "ridge": 1e-3}, ValueError, "do not apply to objective='seed'"),
+        ({"objective": "seed", "c": -1.0}, ValueError, "c must be"),
+        ({"objective": "seed", "c": "big"}, TypeError, "c must be a number"),
+        ({"objective": "seed", "rounding": "round"}, ValueError, "systematic, pivotal"),
+        ({"objective": "seed", "max_iter": 0}, ValueError, "max_iter"),
+        ({"objective": "seed", "tol": 0.0}, ValueError, "tol"),
         ({"batch_size": -5}, ValueError, "batch_size"),
         ({"progress": "yes"}, TypeError, "progress"),
     ],
@@ -96,7 +158,7 @@ def test_unsketched_huge_r_is_refused_up_front():
 
 def test_estimator_style():
     features = np.random.default_rng(0).standard_normal((50, 8))
-    estimator = skmm.SkMM(n=5, c=0.8, random_state=0)
+    estimator = skmm.SkMM(n=5, objective="seed", c=0.8, random_state=0)
     assert estimator.fit(features) is estimator
     assert len(estimator.selection_) == 5
     assert estimator.get_params()["c"] == 0.8

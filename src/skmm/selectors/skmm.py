@@ -1,10 +1,15 @@
-"""SkMM: sketch the gradients, then match the sketched moments (the seed's objective).
+"""SkMM: sketch the gradients, then match the sketched moments.
 
 1. Sketch G (N × r) to G̃ = GΓ (N × m) with a block-seeded JL map (skipped when r ≤ m).
-2. Σ̃ = G̃ᵀG̃/N = VΛVᵀ in float64; P_ij = (v_jᵀ g̃_i)² over the directions with λ_j > 0.
-3. Solve min_{s ∈ [0,1/n]^N, Σs=1} Σ_j (λ_j/c − (Pᵀs)_j)_+² (γ eliminated in closed form)
-   by accelerated projected gradient from s = 1/n on n uniformly drawn rows.
-4. Round s to exactly n rows with a fixed-size design whose inclusion probabilities are n·s_i.
+2. Σ̃ = G̃ᵀG̃/N = VΛVᵀ in float64.
+3. Match moments, by one of two objectives:
+   - matrix moment matching (``objective="logdet"`` or ``"aopt"``, :mod:`skmm.design`): on the
+     top-k directions, whitened so the pool's moment is I, pick rows greedily to maximize
+     log det of the coreset's moment (or minimize tr of its inverse);
+   - the seed's diagonal objective (``objective="seed"``, :mod:`skmm.moments`):
+     min_{s ∈ [0,1/n]^N, Σs=1} Σ_j (λ_j/c − (Pᵀs)_j)_+² with P_ij = (v_jᵀ g̃_i)², solved by
+     accelerated projected gradient from s = 1/n on n uniform rows, then rounded to exactly
+     n rows by a fixed-size design with inclusion probabilities n·s_i (:mod:`skmm.rounding`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..design import CRITERIA, choose_directions, greedy_design, whiten
 from ..inputs import (
     FeatureMatrix,
     check_choice,
@@ -25,20 +31,25 @@ from ..moments import MomentProblem, solve
 from ..rounding import ROUNDINGS, round_weights
 from ..seeding import derive_seed, numpy_rng
 from ..sketch import SKETCH_KINDS, sketch_features
-from ..spectrum import UNSKETCHED_MAX_COLUMNS, spectrum
+from ..spectrum import UNSKETCHED_MAX_COLUMNS, Spectrum, spectrum
 from .base import MethodOutput, Selector, register
 
 SKMM_SKETCHES = (*SKETCH_KINDS, "none")
+OBJECTIVES = ("seed", *CRITERIA)
+DIRECTION_RULES = ("auto", "gap")
+SEED_DEFAULTS = {"c": 1.0, "rounding": "systematic", "max_iter": 1000, "tol": 1e-4}
+MATRIX_DEFAULTS = {"directions": "auto", "ridge": 1e-6}
 
 
 @register
 class SkMM(Selector):
-    """Sketchy Moment Matching (arXiv 2407.06120) with the seed's diagonal objective.
+    """Sketchy Moment Matching (arXiv 2407.06120): sketch, then match the sketched moments.
 
-    Parameters beyond the common ones: ``sketch_dim`` (m), ``sketch`` ("gaussian",
-    "sparse_sign" or "none"), ``c`` (target: coreset moments ≥ λ_j/c), ``rounding``
-    (see :mod:`skmm.rounding`), ``max_iter`` and ``tol`` of the solver, ``batch_size`` (rows
-    per sketching batch).
+    Options beyond the common ones: ``sketch_dim`` (m), ``sketch`` ("gaussian",
+    "sparse_sign" or "none"), ``batch_size`` (rows per sketching batch) and ``objective``:
+    "aopt" (default) or "logdet" (matrix moment matching on the top ``directions`` whitened
+    directions, with ``ridge`` ε), or "seed" (the seed's diagonal objective, with ``c``,
+    ``rounding``, ``max_iter`` and ``tol``). Options of the other objective are refused.
     """
 
     name = "skmm"
@@ -49,10 +60,13 @@ class SkMM(Selector):
         *,
         sketch_dim: int = 256,
         sketch: str = "gaussian",
-        c: float = 1.0,
-        rounding: str = "systematic",
-        max_iter: int = 1000,
-        tol: float = 1e-4,
+        objective: str = "aopt",
+        directions: int | str | None = None,
+        ridge: float | None = None,
+        c: float | None = None,
+        rounding: str | None = None,
+        max_iter: int | None = None,
+        tol: float | None = None,
         batch_size: int | None = None,
         stratify: Any = None,
         random_state: int | np.random.Generator | None = None,
@@ -64,21 +78,51 @@ class SkMM(Selector):
         )
         self.sketch_dim = sketch_dim
         self.sketch = sketch
+        self.objective = objective
+        self.directions = directions
+        self.ridge = ridge
         self.c = c
         self.rounding = rounding
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
 
+    def _option(self, name: str) -> Any:
+        """The option's value, or its default for the chosen objective."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return {**SEED_DEFAULTS, **MATRIX_DEFAULTS}[name]
+
     def _check_params(self, n_pool: int, n_cols: int) -> None:
         check_positive_int(self.sketch_dim, "sketch_dim")
         check_choice(self.sketch, "sketch", SKMM_SKETCHES)
-        check_positive_float(self.c, "c")
-        check_choice(self.rounding, "rounding", ROUNDINGS)
-        check_positive_int(self.max_iter, "max_iter")
-        check_positive_float(self.tol, "tol")
+        check_choice(self.objective, "objective", OBJECTIVES)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
+        own, other = (
+            (SEED_DEFAULTS, MATRIX_DEFAULTS)
+            if self.objective == "seed"
+            else (MATRIX_DEFAULTS, SEED_DEFAULTS)
+        )
+        misplaced = [name for name in other if getattr(self, name) is not None]
+        if misplaced:
+            raise ValueError(
+                f"option(s) {', '.join(misplaced)} do not apply to objective="
+                f"{self.objective!r}; its options are: {', '.join(own)}"
+            )
+        if self.objective == "seed":
+            check_positive_float(self._option("c"), "c")
+            check_choice(self._option("rounding"), "rounding", ROUNDINGS)
+            check_positive_int(self._option("max_iter"), "max_iter")
+            check_positive_float(self._option("tol"), "tol")
+        else:
+            directions = self._option("directions")
+            if isinstance(directions, str):
+                check_choice(directions, "directions", DIRECTION_RULES)
+            else:
+                check_positive_int(directions, "directions")
+            check_positive_float(self._option("ridge"), "ridge")
         if (self.sketch == "none" or n_cols <= self.sketch_dim) and n_cols > UNSKETCHED_MAX_COLUMNS:
             gib = n_cols * n_cols * 8 / 2**30
             raise ValueError(
@@ -95,6 +139,7 @@ class SkMM(Selector):
             reason = "sketch='none'" if self.sketch == "none" else "r <= sketch_dim"
             sketched = features.to_tensor()
             info: dict[str, Any] = {"sketch": {"kind": "none", "reason": reason}}
+            self._sketched_dim = None
         else:
             sketch_seed = derive_seed(seed, "sketch")
             sketched = sketch_features(
@@ -108,17 +153,18 @@ class SkMM(Selector):
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
+            self._sketched_dim = self.sketch_dim
         info["timings"] = {"sketch": time.perf_counter() - began}
         return sketched, info
 
     def _select(self, data: torch.Tensor, n: int, seed: int) -> MethodOutput:
         pool = int(data.shape[0])
-        timings: dict[str, float] = {}
         began = time.perf_counter()
         spec = spectrum(data)
         rank = spec.effective_rank()
-        timings["spectrum"] = time.perf_counter() - began
+        timings = {"spectrum": time.perf_counter() - began}
         diagnostics: dict[str, Any] = {
+            "objective_kind": self.objective,
             "intrinsic_dimension": spec.intrinsic_dimension(),
             "effective_rank": rank,
             "eigenvalues": spec.eigenvalues[:64].tolist(),
@@ -129,38 +175,75 @@ class SkMM(Selector):
                 if n == pool
                 else "all features are zero: no direction to match, rows drawn uniformly"
             )
-            rng = numpy_rng(seed, "rounding")
-            indices = np.sort(rng.choice(pool, size=n, replace=False))
-            return MethodOutput(indices, np.full(n, 1.0 / n), {**diagnostics, "timings": timings})
+            indices = np.sort(numpy_rng(seed, "rounding").choice(pool, size=n, replace=False))
+            weights = np.full(n, 1.0 / n) if self.objective == "seed" else None
+            return MethodOutput(indices, weights, {**diagnostics, "timings": timings})
+        if self.objective == "seed":
+            output = self._match_diagonal(data, spec, rank, n, seed)
+        else:
+            output = self._match_matrix(data, spec, n)
+        output.info = {**diagnostics, **output.info}
+        output.info["timings"] = {**timings, **output.info.get("timings", {})}
+        return output
+
+    def _match_matrix(self, data: torch.Tensor, spec: Spectrum, n: int) -> MethodOutput:
+        """Greedy D-/A-optimal design on the top whitened directions (:mod:`skmm.design`)."""
+        began = time.perf_counter()
+        choice = choose_directions(spec, self._option("directions"), self._sketched_dim)
+        whitened = whiten(data, spec, choice.k)
+        result = greedy_design(
+            whitened, n, self.objective, self._option("ridge"), progress=self.progress
+        )
+        moment = whitened[torch.as_tensor(result.order, device=whitened.device)]
+        gammas = torch.linalg.eigvalsh(moment.T @ moment / n).cpu().numpy()
+        smallest = float(gammas[0])
+        info = {
+            "directions": {"k": choice.k, "rule": choice.rule, "gap_ratio": choice.gap},
+            "gamma_min": smallest,
+            "gamma_max": float(gammas[-1]),
+            "c_S": 1.0 / smallest if smallest > 1e-12 else float("inf"),
+            "c_S_directions": choice.k,
+            "greedy": {"gains": result.gains.tolist(), "evaluations": result.evaluations},
+            "timings": {"design": time.perf_counter() - began},
+        }
+        return MethodOutput(result.order, None, info)
+
+    def _match_diagonal(
+        self, data: torch.Tensor, spec: Spectrum, rank: int, n: int, seed: int
+    ) -> MethodOutput:
+        """The seed's objective, solved on the capped simplex and rounded (:mod:`skmm.moments`)."""
+        pool = int(data.shape[0])
         began = time.perf_counter()
         values = spec.eigenvalues[:rank]
         projections = data.to(torch.float64) @ spec.eigenvectors[:, :rank]
-        problem = MomentProblem(projections.square(), values / self.c, 1.0 / n)
+        problem = MomentProblem(projections.square(), values / self._option("c"), 1.0 / n)
         start = torch.zeros(pool, dtype=torch.float64, device=data.device)
         start_rows = numpy_rng(seed, "init").choice(pool, size=n, replace=False)
         start[torch.as_tensor(start_rows, device=data.device)] = 1.0 / n
-        result = solve(problem, start, max_iter=self.max_iter, tol=self.tol, progress=self.progress)
-        timings["solve"] = time.perf_counter() - began
+        result = solve(
+            problem,
+            start,
+            max_iter=self._option("max_iter"),
+            tol=self._option("tol"),
+            progress=self.progress,
+        )
+        timings = {"solve": time.perf_counter() - began}
         began = time.perf_counter()
         weights = result.weights.cpu().numpy()
-        indices = round_weights(weights, n, self.rounding, numpy_rng(seed, "rounding"))
+        indices = round_weights(weights, n, self._option("rounding"), numpy_rng(seed, "rounding"))
         timings["rounding"] = time.perf_counter() - began
         chosen = weights[indices]
         chosen = chosen / chosen.sum() if chosen.sum() > 0 else np.full(n, 1.0 / n)
         drawn = torch.zeros(pool, dtype=torch.float64, device=data.device)
         drawn[torch.as_tensor(indices, device=data.device)] = 1.0 / n
-        diagnostics.update(
-            {
-                "solver": result.summary(),
-                "objective": result.objective,
-                "coreset_objective": problem.objective(problem.moments_of(drawn)),
-                **coreset_condition(
-                    projections, values, indices, diagnostics["intrinsic_dimension"]
-                ),
-                "timings": timings,
-            }
-        )
-        return MethodOutput(indices, chosen, diagnostics)
+        info = {
+            "solver": result.summary(),
+            "objective": result.objective,
+            "coreset_objective": problem.objective(problem.moments_of(drawn)),
+            **coreset_condition(projections, values, indices, spec.intrinsic_dimension()),
+            "timings": timings,
+        }
+        return MethodOutput(indices, chosen, info)
 
 
 def coreset_condition(
