@@ -108,6 +108,8 @@ def test_safetensors_npz_labels_and_generic_options(tmp_path, capsys):
             "--stratify",
             "proportional",
             "-o",
+            "objective=seed",
+            "-o",
             "max_iter=50",
             "-o",
             'rounding="pivotal"',
@@ -181,3 +183,32 @@ def test_console_script_runs_as_a_module(features_file):
         check=False,
     )
     assert done.returncode == 0 and len(done.stdout.split()) == 3
+
+
+def test_bench_synthetic_quick(tmp_path, capsys):
+    out = tmp_path / "bench"
+    status = main(
+        [
+            "bench",
+            "synthetic",
+            "--quick",
+            "--seeds",
+            "1",
+            "--budgets",
+            "12",
+            "--methods",
+            "skmm",
+            "uniform",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "| skmm |" in printed and (out / "table.md").exists() and (out / "runs.csv").exists()
+
+
+def test_bench_rejects_unknown_methods(tmp_path, capsys):
+    status = main(["bench", "synthetic", "--quick", "--methods", "magic", "--out", str(tmp_path)])
+    assert status == 2 and "unknown benchmark method" in capsys.readouterr().err

@@ -74,6 +74,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("methods", help="list the selection methods and their options")
 
+    bench = commands.add_parser("bench", help="run a benchmark and write its report")
+    benches = bench.add_subparsers(dest="benchmark", required=True)
+    synthetic = benches.add_parser(
+        "synthetic",
+        help="the paper's synthetic regression study (Gaussian mixture, ridge on the coreset)",
+    )
+    synthetic.add_argument("--out", default="bench-out/synthetic", help="output folder")
+    synthetic.add_argument("--quick", action="store_true", help="small pool, few seeds")
+    synthetic.add_argument("--ablation", action="store_true", help="SkMM's ablation instead")
+    synthetic.add_argument("--seeds", type=int, help="selection seeds per pool (default 16)")
+    synthetic.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
+    synthetic.add_argument("--pool-seeds", type=int, nargs="+", default=[0], help="pool seeds")
+    synthetic.add_argument("--rows", type=int, help="pool size N (default 2000)")
+    synthetic.add_argument("--features", type=int, help="dimension r (default 2400)")
+    synthetic.add_argument("--clusters", type=int, help="number of clusters (default 8)")
+    synthetic.add_argument("--methods", nargs="+", help="labels of the methods to run")
+    synthetic.add_argument("--quiet", action="store_true", help="no progress bar")
+
     demo = commands.add_parser("demo", help="run the end-to-end demo")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster demo")
     return parser
@@ -137,6 +155,36 @@ def _methods_command() -> int:
     return 0
 
 
+def _bench_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.synthetic import synthetic_report
+
+    pool = {
+        key: value
+        for key, value in (
+            ("n_rows", args.rows),
+            ("n_features", args.features),
+            ("n_clusters", args.clusters),
+        )
+        if value is not None
+    }
+    report = synthetic_report(
+        Path(args.out),
+        quick=args.quick,
+        ablation=args.ablation,
+        seeds=args.seeds,
+        budgets=args.budgets,
+        pool_seeds=args.pool_seeds,
+        pool_options=pool,
+        labels=args.methods,
+        progress=False if args.quiet else None,
+    )
+    print(report.markdown)
+    print("written: " + ", ".join(str(path) for path in report.files))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skmm`` command; returns the exit status."""
     parser = _build_parser()
@@ -146,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _select_command(args)
         if args.command == "methods":
             return _methods_command()
+        if args.command == "bench":
+            return _bench_command(args)
         from .demo import run_demo
 
         return run_demo(quick=args.quick)
