@@ -46,7 +46,7 @@ class DirectionChoice:
 
 
 def choose_directions(
-    spectrum: Spectrum, requested: int | str, sketch_dim: int | None
+    spectrum: Spectrum, requested: int | str, sketch_dim: int | None, budget: int | None = None
 ) -> DirectionChoice:
     """The number k of top directions to match.
 
@@ -54,7 +54,8 @@ def choose_directions(
     ratio λ_k/λ_{k+1}, among k ≤ m/4 for a sketch of dimension m (a sketch separates k
     directions reliably when m ≥ 4k; ``sketch_dim=None`` for unsketched features). ``"auto"``:
     that k when the gap is clean (ratio ≥ 10), else the intrinsic dimension
-    r̄ = min{t : Σ_{j>t} λ_j ≤ Σλ/N}, capped at m/2.
+    r̄ = min{t : Σ_{j>t} λ_j ≤ Σλ/N}, capped at m/2 and at n/2 for a budget of n rows (a
+    design needs rows to spare per direction, and the greedy's cost grows as k²).
     """
     values = spectrum.eigenvalues.cpu().numpy()
     rank = max(1, spectrum.effective_rank())
@@ -63,6 +64,8 @@ def choose_directions(
     if rank == 1:
         return DirectionChoice(1, "rank", math.inf)
     cap = rank if sketch_dim is None else max(1, min(rank, sketch_dim // 2))
+    if budget is not None:
+        cap = max(1, min(cap, budget // 2))
     limit = max(1, min(rank - 1, rank if sketch_dim is None else sketch_dim // 4))
     floor = values[0] * 1e-15
     logs = np.log(np.maximum(values[: limit + 1], floor))

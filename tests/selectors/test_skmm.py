@@ -59,6 +59,18 @@ def test_directions_and_ridge_options():
     assert gap.info["directions"]["k"] == 4
 
 
+def test_without_a_clean_gap_k_is_capped_by_the_budget_and_the_sketch_dimension():
+    # Power-law spectrum: no eigengap reaches 10, so k falls back to r̄, capped at m/2 and n/2.
+    rows = np.random.default_rng(0).standard_normal((2000, 100)) / np.arange(1, 101)
+    small = skmm.select(rows, 20, sketch_dim=128, random_state=0).info["directions"]
+    assert small == {"k": 10, "rule": "intrinsic", "gap_ratio": small["gap_ratio"]}
+    assert small["gap_ratio"] < 10
+    large = skmm.select(rows, 200, sketch_dim=128, random_state=0).info["directions"]
+    assert large["k"] == 64  # r = 100 ≤ m = 128 skips the sketch, the m/2 cap stays
+    unsketched = skmm.select(rows, 200, sketch="none", random_state=0).info
+    assert unsketched["directions"]["k"] == unsketched["intrinsic_dimension"] > 64
+
+
 def test_seed_objective_reports_its_solver():
     features = np.random.default_rng(0).standard_normal((300, 500))
     selection = skmm.select(features, 20, sketch_dim=32, objective="seed", random_state=0)

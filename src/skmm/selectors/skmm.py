@@ -135,11 +135,11 @@ class SkMM(Selector):
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         began = time.perf_counter()
+        self._sketched_dim = None if self.sketch == "none" else self.sketch_dim
         if self.sketch == "none" or features.n_cols <= self.sketch_dim:
             reason = "sketch='none'" if self.sketch == "none" else "r <= sketch_dim"
             sketched = features.to_tensor()
             info: dict[str, Any] = {"sketch": {"kind": "none", "reason": reason}}
-            self._sketched_dim = None
         else:
             sketch_seed = derive_seed(seed, "sketch")
             sketched = sketch_features(
@@ -153,7 +153,6 @@ class SkMM(Selector):
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
-            self._sketched_dim = self.sketch_dim
         info["timings"] = {"sketch": time.perf_counter() - began}
         return sketched, info
 
@@ -189,7 +188,7 @@ class SkMM(Selector):
     def _match_matrix(self, data: torch.Tensor, spec: Spectrum, n: int) -> MethodOutput:
         """Greedy D-/A-optimal design on the top whitened directions (:mod:`skmm.design`)."""
         began = time.perf_counter()
-        choice = choose_directions(spec, self._option("directions"), self._sketched_dim)
+        choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
         whitened = whiten(data, spec, choice.k)
         result = greedy_design(
             whitened, n, self.objective, self._option("ridge"), progress=self.progress
