@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skmm-installed
 
-.PHONY: venv test test-all demo lint format bench clean
+.PHONY: venv test test-all demo lint format clean
 
 venv: $(STAMP)
 
@@ -35,9 +35,6 @@ lint: venv
 format: venv
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
-
-bench: venv
-	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
