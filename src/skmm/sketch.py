@@ -67,17 +67,28 @@ class SketchMap:
         self.block_rows = block_rows(self.sketch_dim)
         self.n_blocks = math.ceil(self.n_cols / self.block_rows)
         self.nnz_per_row = min(SPARSE_NNZ, self.sketch_dim)
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[object, object] = {}
         self._cache_left = cache_bytes
 
     def _generate(self, block: int) -> torch.Tensor:
+        """Block ``block`` of Γ as a dense (rows, m) float32 tensor on the CPU."""
+        if self.kind == "gaussian":
+            start = block * self.block_rows
+            rows = min(self.block_rows, self.n_cols - start)
+            m = self.sketch_dim
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.kind, m, block))
+            values = torch.randn(rows, m, generator=gen, dtype=torch.float32)
+            return values.mul_(1.0 / math.sqrt(m))
+        columns, values = self._sparse_entries(block)
+        dense = torch.zeros(columns.shape[0], self.sketch_dim, dtype=torch.float32)
+        return dense.scatter_(1, columns, values)
+
+    def _sparse_entries(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse-sign block ``block``: the ζ nonzero columns of each row and their values."""
         start = block * self.block_rows
         rows = min(self.block_rows, self.n_cols - start)
         m = self.sketch_dim
         gen = torch.Generator().manual_seed(derive_seed(self.seed, self.kind, m, block))
-        if self.kind == "gaussian":
-            values = torch.randn(rows, m, generator=gen, dtype=torch.float32)
-            return values.mul_(1.0 / math.sqrt(m))
         zeta = self.nnz_per_row
         bounds = torch.tensor([(s * m) // zeta for s in range(zeta + 1)], dtype=torch.int64)
         widths = (bounds[1:] - bounds[:-1]).to(torch.float32)
@@ -85,7 +96,27 @@ class SketchMap:
         columns = bounds[:-1] + torch.minimum(offsets, (bounds[1:] - bounds[:-1]) - 1)
         signs = torch.randint(0, 2, (rows, zeta), generator=gen, dtype=torch.int64)
         values = (signs * 2 - 1).to(torch.float32) / math.sqrt(zeta)
-        return torch.zeros(rows, m, dtype=torch.float32).scatter_(1, columns, values)
+        return columns, values
+
+    def sparse_block(self, block: int) -> torch.Tensor:
+        """Sparse-sign block ``block`` transposed, (m, rows), coalesced COO, cached like blocks."""
+        key = ("sparse", block)
+        if key in self._cache:
+            return self._cache[key]
+        columns, values = self._sparse_entries(block)
+        rows = torch.arange(columns.shape[0]).repeat_interleave(columns.shape[1])
+        transposed = torch.sparse_coo_tensor(
+            torch.stack([columns.reshape(-1), rows]),
+            values.reshape(-1).to(self.dtype),
+            (self.sketch_dim, columns.shape[0]),
+            check_invariants=False,
+        ).coalesce()
+        entry = transposed.to(self.device)
+        size = columns.numel() * 16
+        if size <= self._cache_left:
+            self._cache[key] = entry
+            self._cache_left -= size
+        return entry
 
     def block(self, block: int) -> torch.Tensor:
         """Rows ``[block * block_rows, ...)`` of Γ on the device, in the compute dtype."""
@@ -103,10 +134,16 @@ class SketchMap:
         return torch.cat([self.block(b) for b in range(self.n_blocks)])
 
     def apply(self, rows: torch.Tensor) -> torch.Tensor:
-        """``rows @ Γ`` summed in float64, for rows whose first row sits on a tile boundary."""
+        """``rows @ Γ`` summed in float64, for rows whose first row sits on a tile boundary.
+
+        A sparse sign map on the CPU is applied through its ζ nonzeros per row of Γ
+        (O(ζ·r) per row instead of O(m·r)), each row on its own, in a fixed order.
+        """
         n_rows, n_cols = rows.shape
         if n_cols != self.n_cols:
             raise ValueError(f"rows have {n_cols} columns but the map expects {self.n_cols}")
+        if self.kind == "sparse_sign" and rows.device.type == "cpu":
+            return self._apply_sparse(rows)
         padded = math.ceil(n_rows / TILE_ROWS) * TILE_ROWS
         if padded != n_rows:
             rows = torch.cat([rows, rows.new_zeros(padded - n_rows, n_cols)])
@@ -118,6 +155,15 @@ class SketchMap:
             part = part.contiguous().view(tiles, TILE_ROWS, -1)
             out += torch.matmul(part, self.block(b)).view(padded, -1)
         return out[:n_rows]
+
+    def _apply_sparse(self, rows: torch.Tensor) -> torch.Tensor:
+        """Σ_b (Γ_bᵀ x_bᵀ)ᵀ with Γ_bᵀ sparse: each output entry sums its nonzeros in order."""
+        out = torch.zeros(self.sketch_dim, rows.shape[0], dtype=torch.float64)
+        for b in range(self.n_blocks):
+            start = b * self.block_rows
+            part = rows[:, start : start + self.block_rows].to(self.dtype).T.contiguous()
+            out += torch.sparse.mm(self.sparse_block(b), part)
+        return out.T
 
 
 def sketch(
