@@ -1,0 +1,570 @@
+"""On-disk store of sketched per-sample gradients: an N × m float32 matrix written batch by batch.
+
+Layout: a directory with ``manifest.json``, shards ``shard-00000.npy``, ... (float32, (rows, m))
+and, when labels are known, ``labels-00000.npy``, ... (int64, (rows,)). Every shard but the last
+holds ``shard_rows`` rows, so the files never depend on how the caller batched its rows. Files
+are written atomically (temp file, fsync, rename), shards before the manifest that lists them
+with their sha256: a killed run resumes from its last complete shard and ends byte-identical to
+an uninterrupted one. A store made for another request, or with a file failing its checksum, is
+refused with a message naming the problem; nothing is unpickled, and the manifest can only name
+plain shard files inside the store directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write, read_json, write_json
+
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+FORMAT = "skmm-sketch-store"
+
+_SHARD_NAME = re.compile(r"^(shard|labels)-\d{5}\.npy$")
+_TEMP_NAME = re.compile(r"^\.(manifest\.json|(shard|labels)-\d{5}\.npy)\..+\.tmp$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MAX_SHARDS = 100_000
+_FEATURE_DTYPE = np.dtype("<f4")
+_LABEL_DTYPE = np.dtype("<i8")
+_SHARD_KEYS = ("index", "start", "rows", "file", "sha256", "labels_file", "labels_sha256")
+_MANIFEST_KEYS = ("format", "version", "state", "identity", "shard_rows", "n_rows", "shards")
+_ABSENT = object()
+
+
+class StoreError(ValueError):
+    """A store that is corrupt, incomplete, or made for a different request; the message names
+    the problem and the path."""
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """True when path is a directory holding manifest.json."""
+    path = Path(path)
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
+class SketchStore:
+    """A sketch store opened for writing (:meth:`open_for_writing`) or reading (:meth:`open`)."""
+
+    path: Path
+    identity: dict[str, Any]
+    shard_rows: int
+    rows_done: int
+    complete: bool
+    metadata: dict[str, Any]
+    sketch_dim: int
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, writable: bool) -> None:
+        """Private: use :meth:`open_for_writing` or :meth:`open`."""
+        self.path = path
+        self.identity = manifest["identity"]
+        self.shard_rows = manifest["shard_rows"]
+        self.complete = manifest["state"] == "complete"
+        self.metadata = manifest["metadata"]
+        self.sketch_dim = self.identity["sketch_dim"]
+        self._shards: list[dict[str, Any]] = list(manifest["shards"])
+        self.rows_done = sum(shard["rows"] for shard in self._shards)
+        self._has_labels: bool | None = (
+            self._shards[0]["labels_file"] is not None if self._shards else None
+        )
+        self._writable = writable
+        self._broken = False
+        self._pending_features: list[np.ndarray] = []
+        self._pending_labels: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "writing"
+        return (
+            f"SketchStore({str(self.path)!r}, {state}, rows_done={self.rows_done}, "
+            f"sketch_dim={self.sketch_dim}, shard_rows={self.shard_rows})"
+        )
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open_for_writing(
+        cls, path: str | os.PathLike[str], identity: dict[str, Any], *, shard_rows: int = 4096
+    ) -> SketchStore:
+        """Create a new store at ``path``, or resume the one there.
+
+        A missing path or empty directory gets a fresh store. A store with the same identity and
+        ``shard_rows`` is resumed: its listed shards are verified, the first failing one and all
+        after it are dropped, unlisted shard and temp files are deleted, and ``rows_done`` counts
+        the rows kept (the caller appends from there). A complete, intact store comes back with
+        ``complete=True``. A different identity, or a non-empty directory without a manifest, is
+        refused with :class:`StoreError`.
+        """
+        path = Path(path)
+        identity = _check_identity(identity)
+        if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+            raise ValueError(f"shard_rows must be a positive integer; got {shard_rows!r}")
+        if path.exists() and not path.is_dir():
+            raise StoreError(
+                f"{path} exists and is not a directory; choose another --out for the sketch store"
+            )
+        if not (path / MANIFEST).exists():
+            if path.is_dir():
+                entries = list(path.iterdir())
+                leftovers = [e for e in entries if _TEMP_NAME.match(e.name) and e.is_file()]
+                if len(leftovers) != len(entries):
+                    raise StoreError(
+                        f"{path} is not empty and holds no {MANIFEST}: refusing to write a "
+                        "sketch store into an unrelated directory; choose another --out"
+                    )
+                for leftover in leftovers:  # a manifest temp file from a run killed at once
+                    leftover.unlink(missing_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
+            store = cls(path, _new_manifest(identity, shard_rows), writable=True)
+            store._write_manifest()
+            return store
+
+        manifest = _load_manifest(path)
+        differences = _differences(manifest["identity"], identity)
+        if manifest["shard_rows"] != shard_rows:
+            differences.append(
+                f"shard_rows: stored {manifest['shard_rows']}, requested {shard_rows}"
+            )
+        if differences:
+            raise StoreError(_mismatch_message(path, differences))
+        manifest["identity"] = identity
+        store = cls(path, manifest, writable=True)
+        store._recover()
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SketchStore:
+        """Open a complete store for reading, verifying every file's checksum, shape and dtype."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no sketch store at {path}: it does not exist")
+        if not path.is_dir():
+            raise StoreError(f"{path} is not a sketch store: it is a file, not a directory")
+        if not (path / MANIFEST).exists():
+            raise StoreError(f"{path} is not a sketch store: it holds no {MANIFEST}")
+        manifest = _load_manifest(path)
+        if manifest["state"] != "complete":
+            rows = sum(shard["rows"] for shard in manifest["shards"])
+            raise StoreError(
+                f"incomplete store {path}: {rows} of ? rows written; "
+                "rerun the same `skmm sketch` command to resume"
+            )
+        store = cls(path, manifest, writable=False)
+        for shard in store._shards:
+            store._read_features(shard)
+            store._read_labels(shard)
+        return store
+
+    # ----------------------------------------------------------------- writing
+
+    def append(self, features: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Buffer rows and write every full shard (shard files first, then the manifest).
+
+        ``features`` is float32 of shape (rows, m); ``labels`` int (rows,), given with every call
+        or with none. Rows holding NaN or Inf are refused.
+        """
+        self._check_writable("append to")
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.sketch_dim:
+            raise ValueError(
+                f"features must have shape (rows, {self.sketch_dim}); got {features.shape}"
+            )
+        if features.dtype != np.float32:
+            raise ValueError(f"features must be float32; got {features.dtype}")
+        rows = features.shape[0]
+        first_row = self.rows_done + self._pending_rows
+        finite = np.isfinite(features).all(axis=1)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise ValueError(
+                f"features row {first_row + bad} (row {bad} of this batch) holds NaN or Inf"
+            )
+        has_labels = labels is not None
+        if self._has_labels is not None and has_labels != self._has_labels:
+            raise ValueError(
+                "labels must be given with every batch or with none: "
+                + ("earlier rows have labels" if self._has_labels else "earlier rows have none")
+            )
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (rows,):
+                raise ValueError(f"labels must have shape ({rows},); got {labels.shape}")
+            if labels.dtype.kind not in "iu" or not np.can_cast(labels.dtype, np.int64):
+                raise ValueError(f"labels must be integers (int64); got {labels.dtype}")
+        if first_row + rows > _MAX_SHARDS * self.shard_rows:
+            raise ValueError(
+                f"store {self.path} would need more than {_MAX_SHARDS} shards; "
+                "use a larger shard_rows"
+            )
+        self._has_labels = has_labels
+        if labels is not None:
+            self._pending_labels.append(labels.astype(_LABEL_DTYPE, copy=True))
+        # copy: the caller may reuse its batch buffer
+        self._pending_features.append(features.astype(_FEATURE_DTYPE, copy=True))
+        self._pending_rows += rows
+        self._guarded_flush(final=False)
+
+    def finish(self, metadata: dict[str, Any] | None = None) -> None:
+        """Write the remaining rows as a last, shorter shard and mark the store complete."""
+        self._check_writable("finish")
+        metadata = _canonical({} if metadata is None else metadata, "metadata")
+        if not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict; got {type(metadata).__name__}")
+        self._guarded_flush(final=True)
+        self.complete, self.metadata = True, metadata
+        try:
+            self._write_manifest()
+        except BaseException:
+            self.complete, self.metadata, self._broken = False, {}, True
+            raise
+
+    # ----------------------------------------------------------------- reading
+
+    def features(self) -> np.ndarray:
+        """The (N, m) float32 matrix, shards concatenated in order (checksums verified again)."""
+        out = np.empty((self.rows_done, self.sketch_dim), dtype=np.float32)
+        for shard in self._shards:
+            out[shard["start"] : shard["start"] + shard["rows"]] = self._read_features(shard)
+        return out
+
+    def labels(self) -> np.ndarray | None:
+        """The (N,) int64 labels, or None when the store has none."""
+        if not self._has_labels:
+            return None
+        out = np.empty(self.rows_done, dtype=np.int64)
+        for shard in self._shards:
+            out[shard["start"] : shard["start"] + shard["rows"]] = self._read_labels(shard)
+        return out
+
+    def verify_request(self, identity: dict[str, Any]) -> None:
+        """StoreError when ``identity`` differs from the stored one, naming each differing key."""
+        if not isinstance(identity, dict):
+            raise ValueError(f"the store identity must be a dict; got {type(identity).__name__}")
+        differences = _differences(self.identity, _canonical(identity, "the store identity"))
+        if differences:
+            raise StoreError(_mismatch_message(self.path, differences))
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_writable(self, action: str) -> None:
+        if not self._writable:
+            raise StoreError(f"store {self.path} was opened for reading; cannot {action} it")
+        if self.complete:
+            raise StoreError(f"store {self.path} is already complete; cannot {action} it")
+        if self._broken:
+            raise StoreError(
+                f"an earlier write to store {self.path} failed; "
+                "open it again with open_for_writing to resume"
+            )
+
+    def _guarded_flush(self, *, final: bool) -> None:
+        try:
+            self._flush(final=final)
+        except BaseException:
+            self._broken = True  # buffered rows may be half-written: resume from disk instead
+            raise
+
+    def _flush(self, *, final: bool) -> None:
+        written = False
+        while self._pending_rows >= self.shard_rows or (final and self._pending_rows > 0):
+            features, labels = self._take(min(self.shard_rows, self._pending_rows))
+            self._write_shard(features, labels)
+            written = True
+        if written and not final:
+            self._write_manifest()
+
+    def _take(self, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        def split(chunks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+            joined = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            rest = joined[rows:]
+            return np.ascontiguousarray(joined[:rows]), [rest] if len(rest) else []
+
+        features, self._pending_features = split(self._pending_features)
+        labels = None
+        if self._has_labels:
+            labels, self._pending_labels = split(self._pending_labels)
+        self._pending_rows -= rows
+        return features, labels
+
+    def _write_shard(self, features: np.ndarray, labels: np.ndarray | None) -> None:
+        index = len(self._shards)
+        entry: dict[str, Any] = {
+            "index": index,
+            "start": self.rows_done,
+            "rows": int(features.shape[0]),
+            "file": f"shard-{index:05d}.npy",
+            "sha256": _write_npy_bytes(self.path / f"shard-{index:05d}.npy", features),
+            "labels_file": None,
+            "labels_sha256": None,
+        }
+        if labels is not None:
+            entry["labels_file"] = f"labels-{index:05d}.npy"
+            entry["labels_sha256"] = _write_npy_bytes(self.path / entry["labels_file"], labels)
+        self._shards.append(entry)
+        self.rows_done += entry["rows"]
+
+    def _write_manifest(self) -> None:
+        _fsync_dir(self.path)  # the shards' renames are durable before the manifest names them
+        manifest = _new_manifest(self.identity, self.shard_rows)
+        manifest["state"] = "complete" if self.complete else "writing"
+        manifest["n_rows"] = self.rows_done if self.complete else None
+        manifest["shards"] = self._shards
+        manifest["metadata"] = self.metadata
+        write_json(self.path / MANIFEST, manifest)
+        _fsync_dir(self.path)
+
+    def _recover(self) -> None:
+        """Keep the listed shards up to the first that fails verification; delete the rest."""
+        kept = []
+        for shard in self._shards:
+            try:
+                self._read_features(shard)
+                self._read_labels(shard)
+            except StoreError:
+                break
+            kept.append(shard)
+        if len(kept) != len(self._shards):
+            self._shards = kept
+            self.rows_done = sum(shard["rows"] for shard in kept)
+            self._has_labels = kept[0]["labels_file"] is not None if kept else None
+            self.complete = False
+            self.metadata = {}
+            self._write_manifest()
+        listed = {MANIFEST}
+        for shard in self._shards:
+            listed.update((shard["file"], shard["labels_file"]))
+        for entry in self.path.iterdir():
+            if entry.name in listed:
+                continue
+            if _SHARD_NAME.match(entry.name) or _TEMP_NAME.match(entry.name):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    entry.unlink()
+
+    def _read_features(self, shard: dict[str, Any]) -> np.ndarray:
+        return _read_npy(
+            self.path,
+            shard["file"],
+            shard["sha256"],
+            (shard["rows"], self.sketch_dim),
+            _FEATURE_DTYPE,
+        ).astype(np.float32, copy=False)
+
+    def _read_labels(self, shard: dict[str, Any]) -> np.ndarray | None:
+        if shard["labels_file"] is None:
+            return None
+        return _read_npy(
+            self.path, shard["labels_file"], shard["labels_sha256"], (shard["rows"],), _LABEL_DTYPE
+        ).astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _new_manifest(identity: dict[str, Any], shard_rows: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": STORE_VERSION,
+        "state": "writing",
+        "identity": identity,
+        "shard_rows": shard_rows,
+        "n_rows": None,
+        "shards": [],
+        "metadata": {},
+    }
+
+
+def _canonical(value: Any, what: str) -> Any:
+    """``value`` as strict JSON reads it back, dict keys sorted (so files are deterministic)."""
+    try:
+        text = json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serializable (finite numbers): {exc}") from None
+    return json.loads(text)
+
+
+def _check_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(identity, dict):
+        raise ValueError(f"the store identity must be a dict; got {type(identity).__name__}")
+    identity = _canonical(identity, "the store identity")
+    sketch_dim = identity.get("sketch_dim")
+    if isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1:
+        raise ValueError(
+            f"the store identity needs a positive integer 'sketch_dim'; got {sketch_dim!r}"
+        )
+    return identity
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _differences(stored: dict[str, Any], requested: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: stored X, requested Y' for each differing key, nested dicts as dotted keys."""
+    found = []
+    for key in sorted(set(stored) | set(requested)):
+        old, new = stored.get(key, _ABSENT), requested.get(key, _ABSENT)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found.extend(_differences(old, new, f"{prefix}{key}."))
+        elif old is _ABSENT or new is _ABSENT or _json(old) != _json(new):
+            found.append(f"{prefix}{key}: stored {_show(old)}, requested {_show(new)}")
+    return found
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _mismatch_message(path: Path, differences: list[str]) -> str:
+    return (
+        f"store {path} was made for a different request: {'; '.join(differences)}; "
+        "remove it or choose another --out"
+    )
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """Read and check the manifest's structure (not the shard files); StoreError if malformed."""
+    where = path / MANIFEST
+    try:
+        manifest = read_json(where)
+    except FileNotFoundError:
+        raise StoreError(f"{path} is not a sketch store: it holds no {MANIFEST}") from None
+    except (ValueError, OSError) as exc:
+        raise StoreError(f"store {path}: {MANIFEST} could not be read: {exc}") from None
+
+    def bad(problem: str) -> StoreError:
+        return StoreError(f"store {path}: {MANIFEST} {problem}")
+
+    if not isinstance(manifest, dict):
+        raise bad("is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise bad(f"is not a skmm sketch store manifest (format {manifest.get('format')!r})")
+    for key in _MANIFEST_KEYS:
+        if key not in manifest:
+            raise bad(f"lacks the field {key!r}")
+    if manifest["version"] != STORE_VERSION or not _is_int(manifest["version"]):
+        raise bad(
+            f"has store version {manifest['version']!r}; this skmm reads version {STORE_VERSION}"
+        )
+    state = manifest["state"]
+    if state not in ("writing", "complete"):
+        raise bad(f"has an unknown state {state!r}")
+    identity = manifest["identity"]
+    if not isinstance(identity, dict) or not _is_int(identity.get("sketch_dim"), 1):
+        raise bad("has no identity with a positive integer sketch_dim")
+    shard_rows = manifest["shard_rows"]
+    if not _is_int(shard_rows, 1):
+        raise bad(f"has a bad shard_rows {shard_rows!r}")
+    n_rows = manifest["n_rows"]
+    if state == "complete" and not _is_int(n_rows):
+        raise bad(f"has a bad n_rows {n_rows!r}")
+    metadata = manifest.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise bad("has metadata that is not a JSON object")
+    shards = manifest["shards"]
+    if not isinstance(shards, list):
+        raise bad("has a shard list that is not a list")
+
+    checked = []
+    start = 0
+    for position, shard in enumerate(shards):
+        if not isinstance(shard, dict) or any(key not in shard for key in _SHARD_KEYS):
+            raise bad(f"has a malformed shard entry at position {position}")
+        for key in ("file", "labels_file"):
+            name = shard[key]
+            if name is None and key == "labels_file":
+                continue
+            if not isinstance(name, str) or not _SHARD_NAME.match(name):
+                raise bad(f"lists {name!r}, which is not a plain shard file name")
+        last = position == len(shards) - 1
+        full = _is_int(shard["rows"], 1) and shard["rows"] == shard_rows
+        short_ok = last and state == "complete" and _is_int(shard["rows"], 1)
+        labelled = shard["labels_file"] is not None
+        if (
+            shard["index"] != position
+            or not _is_int(shard["index"])
+            or shard["start"] != start
+            or not _is_int(shard["start"])
+            or not (full or (short_ok and shard["rows"] < shard_rows))
+            or shard["file"] != f"shard-{position:05d}.npy"
+            or (labelled and shard["labels_file"] != f"labels-{position:05d}.npy")
+            or not isinstance(shard["sha256"], str)
+            or not _SHA256.match(shard["sha256"])
+            or labelled != isinstance(shard["labels_sha256"], str)
+            or (labelled and not _SHA256.match(shard["labels_sha256"]))
+            or labelled != (shards[0]["labels_file"] is not None)
+        ):
+            raise bad(f"has an inconsistent entry for shard {position} ({shard['file']})")
+        checked.append({key: shard[key] for key in _SHARD_KEYS})
+        start += shard["rows"]
+    if state == "complete" and start != n_rows:
+        raise bad(f"says n_rows is {n_rows} but its shards hold {start} rows")
+    return {
+        **manifest,
+        "identity": _canonical(identity, "identity"),
+        "metadata": _canonical(metadata, "metadata"),
+        "shards": checked,
+    }
+
+
+def _write_npy_bytes(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as .npy atomically; return the file's sha256."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    with atomic_write(path) as stream:
+        stream.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_npy(
+    directory: Path, name: str, sha256: str, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+    """Read one shard file, checking its sha256, then its shape and dtype; never unpickles."""
+    try:
+        data = (directory / name).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"store {directory}: {name} is missing") from None
+    except OSError as exc:
+        raise StoreError(f"store {directory}: {name} could not be read: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(
+            f"store {directory}: {name} fails its checksum (changed, truncated or corrupt)"
+        )
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreError(f"store {directory}: {name} is not a valid .npy file: {exc}") from None
+    if array.dtype != dtype or array.shape != shape:
+        raise StoreError(
+            f"store {directory}: {name} holds {array.dtype} {array.shape}; expected {dtype} {shape}"
+        )
+    return array
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in ``path`` durable (best effort; a no-op where directories can't be opened)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(handle)
+    finally:
+        os.close(handle)
