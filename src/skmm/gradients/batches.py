@@ -1,0 +1,119 @@
+"""Turn a dataset, a DataLoader or an iterable of batches into (inputs, labels) batches.
+
+Accepted batch shapes: a tensor (inputs only); a tuple or list ``(inputs, labels)`` or
+``(inputs,)``; a dict (Hugging Face style) whose ``"labels"`` or ``"label"`` entry holds the
+labels and whose other tensor entries are passed to the model as keyword arguments. Inputs
+are a tensor (passed positionally) or a dict of tensors (passed as keywords). The row order
+must be fixed: a shuffling DataLoader is refused, since stored rows must line up with the
+dataset's indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+LABEL_KEYS = ("labels", "label")
+
+
+@dataclass
+class Batch:
+    """Model inputs (a tensor, or keyword tensors) and labels (or None) for ``size`` rows."""
+
+    inputs: torch.Tensor | dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    size: int
+
+    def to(self, device: torch.device) -> Batch:
+        inputs = (
+            {key: value.to(device) for key, value in self.inputs.items()}
+            if isinstance(self.inputs, dict)
+            else self.inputs.to(device)
+        )
+        labels = None if self.labels is None else self.labels.to(device)
+        return Batch(inputs, labels, self.size)
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows ``[start, stop)`` of this batch."""
+        inputs = (
+            {key: value[start:stop] for key, value in self.inputs.items()}
+            if isinstance(self.inputs, dict)
+            else self.inputs[start:stop]
+        )
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Batch(inputs, labels, stop - start)
+
+
+def dataset_length(data: object) -> int | None:
+    """Rows in ``data`` when it can tell (a sized dataset or a DataLoader over one)."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, Dataset):
+        return None
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def iterate_batches(data: object, batch_size: int) -> Iterator[Batch]:
+    """Batches of ``data`` in a fixed row order (see the module docstring for the shapes)."""
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, RandomSampler):
+            raise ValueError(
+                "the DataLoader shuffles (shuffle=True): rows must come in a fixed order so "
+                "the stored gradients line up with the dataset; pass the dataset itself"
+            )
+        source: Iterable[object] = data
+    elif isinstance(data, Dataset) and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        source = DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes)):
+        source = data
+    else:
+        raise TypeError(
+            "data must be a torch Dataset, a DataLoader or an iterable of batches, "
+            f"got {type(data).__name__}"
+        )
+    for position, raw in enumerate(source):
+        yield _as_batch(raw, position)
+
+
+def _as_batch(raw: object, position: int) -> Batch:
+    labels: object = None
+    if isinstance(raw, Mapping):
+        label_keys = [key for key in LABEL_KEYS if key in raw]
+        if len(label_keys) > 1:
+            raise ValueError(f"batch {position} has both 'labels' and 'label' entries")
+        if label_keys:
+            labels = raw[label_keys[0]]
+        inputs: object = {
+            key: value
+            for key, value in raw.items()
+            if key not in LABEL_KEYS and isinstance(value, torch.Tensor)
+        }
+        if not inputs:
+            raise ValueError(f"batch {position} (a dict) holds no input tensors")
+    elif isinstance(raw, (tuple, list)):
+        if len(raw) not in (1, 2):
+            raise ValueError(
+                f"batch {position} has {len(raw)} parts; expected (inputs,) or (inputs, labels)"
+            )
+        inputs = raw[0]
+        labels = raw[1] if len(raw) == 2 else None
+    else:
+        inputs = raw
+    if isinstance(inputs, Mapping):
+        inputs = dict(inputs)
+        sizes = {int(value.shape[0]) for value in inputs.values()}
+    elif isinstance(inputs, torch.Tensor):
+        sizes = {int(inputs.shape[0])} if inputs.dim() else set()
+    else:
+        raise TypeError(f"batch {position}: inputs must be a tensor or a dict of tensors")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        sizes.add(int(labels.shape[0]) if labels.dim() else -1)
+    if len(sizes) != 1 or min(sizes) < 1:
+        raise ValueError(f"batch {position}: inputs and labels disagree on the batch size")
+    return Batch(inputs, labels, sizes.pop())  # type: ignore[arg-type]

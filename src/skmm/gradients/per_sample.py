@@ -1,0 +1,206 @@
+"""Per-sample gradients g_i = ∇_θ f_i(θ) of the finetuned parameters θ, one row per example.
+
+``target`` names the scalar f_i whose gradient is taken:
+
+- ``"jacobian"``: f_i = vᵢᵀ o(xᵢ), the model outputs o combined with random signs vᵢ ∈ {±1}^K
+  drawn per example. E[g gᵀ] = Jᵀ J (the Gauss–Newton / NTK second moment), what SkMM's
+  variance bound is stated in; it needs no labels.
+- ``"loss"``: f_i = ℓ(o(xᵢ), yᵢ), the training loss with the true labels (cross-entropy for
+  integer labels, ½‖o − y‖² for float targets): the gradients finetuning will follow.
+- ``"loss_random"``: cross-entropy with a label drawn uniformly per example, as the paper's
+  code does: label-free, and closer to the loss geometry than the Jacobian.
+
+Gradients come from ``torch.func`` (``functional_call`` + ``vmap(grad)``) with the model in
+eval mode (BatchNorm statistics frozen, dropout off). A Hugging Face model's 2-D attention
+mask is turned into the 4-D additive float mask, since vmap cannot trace the value-dependent
+branches of the 2-D mask code. When the model is a bare ``nn.Linear`` (linear probing on
+frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) with δ = ∂f/∂o.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..seeding import derive_seed
+from .batches import Batch
+
+TARGETS = ("jacobian", "loss", "loss_random")
+RANDOM_BLOCK_ROWS = 4096
+
+
+def model_outputs(result: object) -> torch.Tensor:
+    """The output tensor of a forward pass: the tensor itself, ``.logits``, or the first item."""
+    if isinstance(result, torch.Tensor):
+        return result
+    logits = getattr(result, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor):
+        return result[0]
+    raise TypeError(
+        f"the model returned {type(result).__name__}; expected a tensor, an object with "
+        "'.logits', or a tuple whose first item is the output tensor"
+    )
+
+
+def random_signs(seed: int, start: int, rows: int, width: int) -> torch.Tensor:
+    """±1 of shape (rows, width) for global rows [start, start + rows), batch-independent."""
+    return _per_row_draw(seed, "signs", start, rows, width, lambda gen, n: _signs(gen, n, width))
+
+
+def random_labels(seed: int, start: int, rows: int, n_classes: int) -> torch.Tensor:
+    """A uniform class per global row in [start, start + rows), batch-independent."""
+    draw = _per_row_draw(
+        seed,
+        f"labels{n_classes}",
+        start,
+        rows,
+        1,
+        lambda gen, n: torch.randint(0, n_classes, (n, 1), generator=gen).float(),
+    )
+    return draw[:, 0].long()
+
+
+def _signs(gen: torch.Generator, n: int, width: int) -> torch.Tensor:
+    return torch.randint(0, 2, (n, width), generator=gen).float().mul_(2).sub_(1)
+
+
+def _per_row_draw(
+    seed: int,
+    name: str,
+    start: int,
+    rows: int,
+    width: int,
+    draw: Callable[[torch.Generator, int], torch.Tensor],
+) -> torch.Tensor:
+    """Rows of a table drawn block by block from (seed, name, width, block)."""
+    parts = []
+    first, last = start // RANDOM_BLOCK_ROWS, (start + rows - 1) // RANDOM_BLOCK_ROWS
+    for block in range(first, last + 1):
+        gen = torch.Generator().manual_seed(derive_seed(seed, name, width, block))
+        table = draw(gen, RANDOM_BLOCK_ROWS)
+        lo = max(start, block * RANDOM_BLOCK_ROWS) - block * RANDOM_BLOCK_ROWS
+        hi = min(start + rows, (block + 1) * RANDOM_BLOCK_ROWS) - block * RANDOM_BLOCK_ROWS
+        parts.append(table[lo:hi])
+    return torch.cat(parts)
+
+
+class GradientComputer:
+    """Flattened per-sample gradients (B, r) of the chosen parameters, in parameter order."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[tuple[str, nn.Parameter]],
+        target: str,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.target = target
+        self.seed = seed
+        self.device = device
+        self.names = [name for name, _ in params]
+        self.n_params = sum(p.numel() for _, p in params)
+        chosen = set(self.names)
+        self.params = {name: p.detach() for name, p in params}
+        self.frozen = {
+            name: p.detach() for name, p in model.named_parameters() if name not in chosen
+        }
+        self.frozen.update({name: b.detach() for name, b in model.named_buffers()})
+        self.closed_form = isinstance(model, nn.Linear)
+        self.hf_model = "transformers" in sys.modules and hasattr(model, "config")
+        self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
+
+    def __call__(self, batch: Batch, start: int) -> torch.Tensor:
+        """Gradients of rows [start, start + B) of the pool, float32 (B, r)."""
+        batch = batch.to(self.device)
+        if self.target == "loss" and batch.labels is None:
+            raise ValueError("target='loss' needs labels; the data yields none")
+        with torch.no_grad():
+            outputs = self._forward(batch.inputs)
+        width = outputs[0].numel()
+        if self.closed_form:
+            return self._linear_head(batch, outputs, start)
+        aux = self._aux(batch, outputs, start, width)
+        labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
+        grads = self._per_example(self.params, batch.inputs, labels.to(self.device), aux)
+        return torch.cat(
+            [grads[name].reshape(batch.size, -1).float() for name in self.names], dim=1
+        )
+
+    def _forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        state = {**self.frozen, **self.params}
+        if isinstance(inputs, dict):
+            return model_outputs(functional_call(self.model, state, (), self._kwargs(inputs)))
+        return model_outputs(functional_call(self.model, state, (inputs,)))
+
+    def _kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = inputs.get("attention_mask")
+        if not self.hf_model or mask is None or mask.dim() != 2:
+            return inputs
+        dtype = next(iter(self.params.values())).dtype
+        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        return {**inputs, "attention_mask": additive}
+
+    def _aux(self, batch: Batch, outputs: torch.Tensor, start: int, width: int) -> torch.Tensor:
+        """Per-row randomness: signs (jacobian), random labels (loss_random), else zeros."""
+        if self.target == "jacobian":
+            return random_signs(self.seed, start, batch.size, width).to(self.device)
+        if self.target == "loss_random":
+            return random_labels(self.seed, start, batch.size, width).to(self.device)
+        return torch.zeros(batch.size, device=self.device)
+
+    def _example_value(
+        self,
+        params: dict[str, torch.Tensor],
+        inputs: torch.Tensor | dict[str, torch.Tensor],
+        label: torch.Tensor,
+        aux: torch.Tensor,
+    ) -> torch.Tensor:
+        state = {**self.frozen, **params}
+        if isinstance(inputs, dict):
+            kwargs = self._kwargs({key: value.unsqueeze(0) for key, value in inputs.items()})
+            result = functional_call(self.model, state, (), kwargs)
+        else:
+            result = functional_call(self.model, state, (inputs.unsqueeze(0),))
+        output = model_outputs(result)[0].reshape(-1)
+        if self.target == "jacobian":
+            return (output * aux).sum()
+        if self.target == "loss_random":
+            return F.cross_entropy(output, aux)
+        if label.is_floating_point():
+            return 0.5 * (output - label.reshape(-1)).square().sum()
+        return F.cross_entropy(output, label)
+
+    def _linear_head(self, batch: Batch, outputs: torch.Tensor, start: int) -> torch.Tensor:
+        """g_W = δ xᵀ, g_b = δ with δ = ∂f/∂o, for f as in :data:`TARGETS` (no autograd)."""
+        inputs = batch.inputs
+        if isinstance(inputs, dict):
+            raise TypeError("a bare nn.Linear takes a feature tensor, not keyword inputs")
+        features = inputs.reshape(batch.size, -1).float()
+        outputs = outputs.reshape(batch.size, -1).float()
+        width = outputs.shape[1]
+        if self.target == "jacobian":
+            delta = random_signs(self.seed, start, batch.size, width).to(self.device)
+        else:
+            labels = (
+                random_labels(self.seed, start, batch.size, width).to(self.device)
+                if self.target == "loss_random"
+                else batch.labels
+            )
+            if labels.is_floating_point():
+                delta = outputs - labels.reshape(batch.size, -1).float()
+            else:
+                delta = outputs.softmax(dim=1) - F.one_hot(labels.long(), width).float()
+        parts = {
+            "weight": (delta[:, :, None] * features[:, None, :]).reshape(batch.size, -1),
+            "bias": delta,
+        }
+        return torch.cat([parts[name] for name in self.names], dim=1)

@@ -1,0 +1,237 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import skmm
+from skmm.gradients import load_gradient_sketch, sketch_gradients
+from skmm.gradients.params import resolve_params
+from skmm.gradients.per_sample import random_labels, random_signs
+from skmm.store import StoreError
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    )
+
+
+def image_data(rows=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(rows, 1, 8, 8, generator=gen)
+    labels = torch.randint(0, 5, (rows,), generator=gen)
+    return TensorDataset(images, labels)
+
+
+def loop_gradients(model, data, names, target, seed=0):
+    """Reference: one forward and backward per example, in eval mode."""
+    model.eval()
+    chosen = dict(model.named_parameters())
+    rows = []
+    for index in range(len(data)):
+        inputs, label = data[index]
+        model.zero_grad()
+        output = model(inputs[None])[0]
+        if target == "loss":
+            value = nn.functional.cross_entropy(output, label)
+        elif target == "loss_random":
+            value = nn.functional.cross_entropy(output, random_labels(seed, index, 1, 5)[0])
+        else:
+            value = (output * random_signs(seed, index, 1, output.numel())[0]).sum()
+        value.backward()
+        rows.append(torch.cat([chosen[name].grad.reshape(-1) for name in names]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("target", ["jacobian", "loss", "loss_random"])
+@pytest.mark.parametrize("params", ["trainable", "last:2", ["0.*", "5.weight"]])
+def test_streamed_sketch_equals_sketch_of_the_explicit_gradients(target, params):
+    model, data = small_cnn(), image_data()
+    names = [name for name, _ in resolve_params(model, params)]
+    explicit = loop_gradients(model, data, names, target, seed=3)
+    expected = skmm.sketch(explicit.numpy(), 16, kind="gaussian", seed=3)
+    result = sketch_gradients(
+        model, data, params=params, sketch_dim=16, sketch="gaussian", seed=3, target=target
+    )
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
+    assert result.features.dtype == np.float32
+    np.testing.assert_array_equal(result.labels, data.tensors[1].numpy())
+    assert result.metadata["params"] == names
+    assert result.metadata["n_params"] == explicit.shape[1]
+
+
+def test_eval_mode_freezes_batchnorm_and_dropout():
+    model, data = small_cnn(), image_data()
+    model[1].running_mean.fill_(0.3)
+    before = model[1].running_mean.clone()
+    first = sketch_gradients(model, data, sketch_dim=8, seed=0).features
+    second = sketch_gradients(model, data, sketch_dim=8, seed=0).features
+    np.testing.assert_array_equal(first, second)
+    assert torch.equal(model[1].running_mean, before)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_results_agree_across_batch_sizes_to_float32_rounding(kind):
+    # vmap's batched kernels may sum in another order for another batch size: the sketches
+    # agree to float32 rounding, not bit for bit (the same batch size is bit for bit).
+    model, data = small_cnn(), image_data(rows=150)
+    runs = [
+        sketch_gradients(model, data, sketch_dim=16, sketch=kind, batch_size=size).features
+        for size in (1, 7, 64, 150)
+    ]
+    scale = np.abs(runs[0]).max()
+    for run in runs[1:]:
+        np.testing.assert_allclose(run, runs[0], rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_dataloader_dicts_and_plain_iterables_are_accepted():
+    model, data = small_cnn(), image_data()
+    reference = sketch_gradients(model, data, sketch_dim=8).features
+    loader = DataLoader(data, batch_size=9)
+    from_loader = sketch_gradients(model, loader, sketch_dim=8)
+    np.testing.assert_allclose(from_loader.features, reference, rtol=1e-5, atol=1e-6)
+    images = data.tensors[0]
+    batches = [images[i : i + 16] for i in range(0, 40, 16)]
+    plain = sketch_gradients(model, batches, sketch_dim=8)
+    np.testing.assert_allclose(plain.features, reference, rtol=1e-5, atol=1e-6)
+    assert plain.labels is None
+    with pytest.raises(ValueError, match="shuffle"):
+        sketch_gradients(model, DataLoader(data, shuffle=True), sketch_dim=8)
+    with pytest.raises(ValueError, match="needs labels"):
+        sketch_gradients(model, batches, sketch_dim=8, target="loss")
+
+
+def test_linear_head_closed_form_equals_autograd():
+    torch.manual_seed(1)
+    head = nn.Linear(6, 3)
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 6, generator=gen)
+    labels = torch.randint(0, 3, (50,), generator=gen)
+    data = TensorDataset(features, labels)
+    wrapped = nn.Sequential(head)  # not a bare nn.Linear: goes through vmap(grad)
+    for target in ("jacobian", "loss", "loss_random"):
+        closed = sketch_gradients(head, data, sketch_dim=8, sketch="gaussian", target=target)
+        autograd = sketch_gradients(wrapped, data, sketch_dim=8, sketch="gaussian", target=target)
+        np.testing.assert_allclose(closed.features, autograd.features, rtol=1e-5, atol=1e-6)
+
+
+def test_regression_targets_use_half_squared_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))
+    x, y = torch.randn(10, 4), torch.randn(10, 1)
+    result = sketch_gradients(model, TensorDataset(x, y), sketch_dim=4, target="loss")
+    names = [name for name, _ in model.named_parameters()]
+    rows = []
+    for i in range(10):
+        model.zero_grad()
+        (0.5 * (model(x[i : i + 1])[0] - y[i]).square().sum()).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    expected = skmm.sketch(torch.stack(rows).numpy(), 4, kind="sparse_sign")
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-6)
+    assert result.labels is None and result.metadata["params"] == names
+
+
+def test_tiny_transformer_encoder():
+    torch.manual_seed(0)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(20, 8)
+            self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, tokens):
+            return self.head(self.layer(self.embed(tokens)).mean(dim=1))
+
+    model = Encoder()
+    gen = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randint(0, 20, (12, 5), generator=gen), torch.randint(0, 3, (12,)))
+    names = [name for name, _ in resolve_params(model, ["layer.linear*", "head.*"])]
+    explicit = loop_gradients_generic(model, data, names)
+    expected = skmm.sketch(explicit.numpy(), 8, kind="gaussian")
+    result = sketch_gradients(
+        model,
+        data,
+        params=["layer.linear*", "head.*"],
+        sketch_dim=8,
+        sketch="gaussian",
+        target="loss",
+    )
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
+
+
+def loop_gradients_generic(model, data, names):
+    model.eval()
+    chosen = dict(model.named_parameters())
+    rows = []
+    for index in range(len(data)):
+        inputs, label = data[index]
+        model.zero_grad()
+        nn.functional.cross_entropy(model(inputs[None])[0], label).backward()
+        rows.append(torch.cat([chosen[name].grad.reshape(-1) for name in names]))
+    return torch.stack(rows)
+
+
+def test_store_round_trip_resume_and_refusal(tmp_path):
+    model, data = small_cnn(), image_data(rows=70)
+    store = tmp_path / "store"
+    full = sketch_gradients(model, data, sketch_dim=8, store=store, shard_rows=16, batch_size=5)
+    direct = sketch_gradients(model, data, sketch_dim=8, batch_size=5)
+    np.testing.assert_array_equal(full.features, direct.features)
+    np.testing.assert_array_equal(load_gradient_sketch(store).labels, data.tensors[1].numpy())
+    options = {"sketch_dim": 8, "store": store, "shard_rows": 16, "batch_size": 5}
+    again = sketch_gradients(model, data, **options)
+    np.testing.assert_array_equal(again.features, full.features)
+    with pytest.raises(StoreError, match="seed"):
+        sketch_gradients(model, data, **{**options, "seed": 1})
+    with pytest.raises(StoreError, match="model_fingerprint"):
+        sketch_gradients(small_cnn(seed=5), data, **options)
+    with pytest.raises(StoreError, match="shard_rows: stored 20, requested 64"):
+        sketch_gradients(model, data, **{**options, "batch_size": 64})
+
+
+def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
+    model, data = small_cnn(), image_data(rows=70)
+    reference = tmp_path / "reference"
+    sketch_gradients(model, data, sketch_dim=8, store=reference, shard_rows=16)
+
+    class Interrupt(Exception):
+        pass
+
+    def failing_batches():
+        for start in range(0, 70, 10):
+            if start == 50:
+                raise Interrupt
+            yield data.tensors[0][start : start + 10], data.tensors[1][start : start + 10]
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        sketch_gradients(model, failing_batches(), sketch_dim=8, store=resumed, shard_rows=16)
+    with pytest.raises(StoreError, match="incomplete"):
+        load_gradient_sketch(resumed)
+    sketch_gradients(model, data, sketch_dim=8, store=resumed, shard_rows=16)
+    for path in sorted(reference.iterdir()):
+        assert (resumed / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"target": "hessian"}, "jacobian, loss, loss_random"),
+        ({"sketch": "fjlt"}, "gaussian, sparse_sign"),
+        ({"sketch_dim": 0}, "sketch_dim"),
+        ({"params": ["nothing.*"]}, "matches no parameter"),
+        ({"params": "last:99"}, "last:99"),
+    ],
+)
+def test_bad_requests(options, match):
+    with pytest.raises(ValueError, match=match):
+        sketch_gradients(small_cnn(), image_data(rows=4), **{"sketch_dim": 8, **options})
