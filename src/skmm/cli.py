@@ -7,15 +7,19 @@ Input problems (missing files, pickles, bad shapes, unknown options) end with a 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .api import get_method, methods, select
 from .io import load_array
 from .selection import Selection
+from .store import SketchStore, is_store
 
 EXIT_INPUT_ERROR = 2
 
@@ -48,7 +52,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="select n rows of a feature/gradient matrix",
         description="Select n rows of an (N, r) matrix read from .npy, .npz or .safetensors.",
     )
-    sel.add_argument("features", help="matrix file: .npy (memory-mapped), .npz or .safetensors")
+    sel.add_argument(
+        "features",
+        help="matrix file (.npy memory-mapped, .npz, .safetensors) or a `skmm sketch` store",
+    )
     sel.add_argument("--n", type=int, required=True, help="number of rows to select")
     sel.add_argument("--method", default="skmm", help="selection method (see `skmm methods`)")
     sel.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
@@ -73,6 +80,33 @@ def _build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
     commands.add_parser("methods", help="list the selection methods and their options")
+
+    sk = commands.add_parser(
+        "sketch",
+        help="sketch per-sample gradients of a model over a dataset into a store",
+        description=(
+            "Sketch per-sample gradients of the finetuned parameters into an on-disk store "
+            "(resumable: rerun the same command after an interruption). TASK is "
+            "MODULE:FUNCTION or path/to/file.py:FUNCTION; the function takes no arguments "
+            "and returns (model, dataset)."
+        ),
+    )
+    sk.add_argument("--task", required=True, help="MODULE:FUNCTION returning (model, dataset)")
+    sk.add_argument("--out", required=True, help="store directory (created, or resumed)")
+    sk.add_argument(
+        "--params",
+        nargs="+",
+        default=["trainable"],
+        help="finetuned parameters: names or glob patterns, last:K, or trainable (default)",
+    )
+    sk.add_argument("--sketch-dim", type=int, default=256, help="sketch dimension m")
+    sk.add_argument("--sketch", default="sparse_sign", help="sparse_sign (default) or gaussian")
+    sk.add_argument("--target", default="jacobian", help="jacobian, loss or loss_random")
+    sk.add_argument("--seed", type=int, default=0, help="seed of the sketch and random targets")
+    sk.add_argument("--batch-size", type=int, default=64, help="examples per vmap batch")
+    sk.add_argument("--shard-rows", type=int, default=4096, help="rows per store shard")
+    sk.add_argument("--device", help="compute device, e.g. cpu or cuda")
+    sk.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     bench = commands.add_parser("bench", help="run a benchmark and write its report")
     benches = bench.add_subparsers(dest="benchmark", required=True)
@@ -110,12 +144,18 @@ def _select_command(args: argparse.Namespace) -> int:
     options.update({k: v for k, v in named.items() if v is not None})
     if not args.quiet:
         options.setdefault("progress", None)
-    features = load_array(args.features, args.key)
     labels = None
+    if is_store(args.features):
+        stored = SketchStore.open(args.features)
+        features = stored.features()
+        if args.stratify or get_method(args.method).requires_labels:
+            labels = stored.labels()
+    else:
+        features = load_array(args.features, args.key)
     if args.labels:
         labels = load_array(args.labels, args.labels_key, mmap=False)
-    elif args.stratify:
-        raise InputError("--stratify needs --labels")
+    elif args.stratify and labels is None:
+        raise InputError("--stratify needs --labels (or a store that holds labels)")
     selection = select(
         features, args.n, args.method, labels=labels, random_state=args.seed, **options
     )
@@ -145,6 +185,64 @@ def _print_summary(selection: Selection, out: str | None) -> None:
     sys.stderr.write("\n".join(lines) + "\n")
 
 
+def _load_task(spec: str) -> Callable[[], Any]:
+    """The function named by MODULE:FUNCTION or path/to/file.py:FUNCTION (the one import)."""
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name:
+        raise InputError(f"--task expects MODULE:FUNCTION, got {spec!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise InputError(f"--task file {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise InputError(f"--task file {path} cannot be imported")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise InputError(f"--task module {module_name!r} not found ({exc})") from exc
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise InputError(f"--task: {module_name} has no function {function_name!r}")
+    return function
+
+
+def _sketch_command(args: argparse.Namespace) -> int:
+    from .gradients import sketch_gradients
+
+    produced = _load_task(args.task)()
+    if not isinstance(produced, (tuple, list)) or len(produced) != 2:
+        raise InputError(f"--task {args.task} must return (model, dataset)")
+    model, data = produced
+    params = args.params[0] if len(args.params) == 1 else args.params
+    result = sketch_gradients(
+        model,
+        data,
+        params=params,
+        sketch_dim=args.sketch_dim,
+        sketch=args.sketch,
+        seed=args.seed,
+        target=args.target,
+        batch_size=args.batch_size,
+        device=args.device,
+        store=args.out,
+        shard_rows=args.shard_rows,
+        progress=False if args.quiet else None,
+    )
+    if not args.quiet:
+        meta = result.metadata
+        sys.stderr.write(
+            f"sketched {result.features.shape[0]} examples: r = {meta['n_params']} parameters "
+            f"({len(meta['params'])} tensors) -> m = {meta['sketch_dim']} ({meta['sketch']}, "
+            f"target {meta['target']}); store {args.out}"
+            f"{'' if result.labels is None else ' (with labels)'}\n"
+        )
+    return 0
+
+
 def _methods_command() -> int:
     for name in methods():
         cls = get_method(name)
@@ -156,8 +254,6 @@ def _methods_command() -> int:
 
 
 def _bench_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .bench.synthetic import synthetic_report
 
     pool = {
@@ -194,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _select_command(args)
         if args.command == "methods":
             return _methods_command()
+        if args.command == "sketch":
+            return _sketch_command(args)
         if args.command == "bench":
             return _bench_command(args)
         from .demo import run_demo

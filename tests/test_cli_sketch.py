@@ -1,0 +1,131 @@
+"""`skmm sketch` and `skmm select STORE`: the command-line path from a model to a coreset."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skmm.cli import main
+from skmm.gradients import load_gradient_sketch
+
+TASK = textwrap.dedent(
+    """
+    import time
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    class Images(Dataset):
+        def __init__(self, rows, delay=0.0):
+            gen = torch.Generator().manual_seed(0)
+            self.images = torch.randn(rows, 1, 6, 6, generator=gen)
+            self.labels = torch.randint(0, 3, (rows,), generator=gen)
+            self.delay = delay
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, index):
+            time.sleep(self.delay)
+            return self.images[index], self.labels[index]
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+
+    def make():
+        return model(), Images(60)
+
+    def slow():
+        return model(), Images(60, delay=0.02)
+    """
+)
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    path = tmp_path / "task.py"
+    path.write_text(TASK)
+    return path
+
+
+def sketch_args(task, out, *extra):
+    return ["sketch", "--task", task, "--out", str(out), "--sketch-dim", "8", "--quiet", *extra]
+
+
+def test_sketch_then_select_from_the_store(task_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(sketch_args(f"{task_file}:make", store, "--params", "3.*", "--target", "loss")) == 0
+    sketch = load_gradient_sketch(store)
+    assert sketch.features.shape == (60, 8) and sketch.labels.shape == (60,)
+    assert sketch.metadata["params"] == ["3.weight", "3.bias"]
+    capsys.readouterr()
+    assert main(["select", str(store), "--n", "6", "--seed", "0", "--quiet"]) == 0
+    picked = [int(line) for line in capsys.readouterr().out.split()]
+    assert len(set(picked)) == 6
+    out = tmp_path / "coreset.json"
+    args = ["select", str(store), "--n", "6", "--seed", "0", "--stratify", "balanced"]
+    assert main([*args, "--quiet", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("nocolon", "MODULE:FUNCTION"),
+        ("no_such_module_xyz:make", "not found"),
+        ("{file}:missing", "no function 'missing'"),
+        ("{dir}/absent.py:make", "does not exist"),
+    ],
+)
+def test_bad_tasks_are_reported(task_file, tmp_path, capsys, task, message):
+    task = task.format(file=task_file, dir=tmp_path)
+    assert main(sketch_args(task, tmp_path / "store")) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_store_for_another_request_is_refused(task_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(sketch_args(f"{task_file}:make", store)) == 0
+    assert main(sketch_args(f"{task_file}:make", store, "--seed", "4")) == 2
+    assert "seed: stored 0, requested 4" in capsys.readouterr().err
+
+
+def test_a_killed_sketch_resumes_to_an_identical_store(task_file, tmp_path):
+    reference = tmp_path / "reference"
+    assert (
+        main(sketch_args(f"{task_file}:make", reference, "--shard-rows", "8", "--batch-size", "4"))
+        == 0
+    )
+    store = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "skmm.cli",
+        *sketch_args(f"{task_file}:slow", store, "--shard-rows", "8", "--batch-size", "4"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    for wanted_shards in (1, 3):
+        process = subprocess.Popen(command, env=env)
+        deadline = time.monotonic() + 60
+        while len(list(store.glob("shard-*.npy"))) < wanted_shards:
+            assert process.poll() is None, "the sketch ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with pytest.raises(ValueError, match="incomplete"):
+            load_gradient_sketch(store)
+    assert (
+        main(sketch_args(f"{task_file}:make", store, "--shard-rows", "8", "--batch-size", "4")) == 0
+    )
+    for path in sorted(reference.iterdir()):
+        assert (store / path.name).read_bytes() == path.read_bytes(), path.name
+    np.testing.assert_array_equal(
+        load_gradient_sketch(store).features, load_gradient_sketch(reference).features
+    )
