@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import skmm
 from skmm.gradients import load_gradient_sketch, sketch_gradients
@@ -201,7 +201,7 @@ def test_store_round_trip_resume_and_refusal(tmp_path):
 def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
     model, data = small_cnn(), image_data(rows=70)
     reference = tmp_path / "reference"
-    sketch_gradients(model, data, sketch_dim=8, store=reference, shard_rows=16)
+    sketch_gradients(model, data, sketch_dim=8, store=reference, shard_rows=16, batch_size=8)
 
     class Interrupt(Exception):
         pass
@@ -212,12 +212,25 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
                 raise Interrupt
             yield data.tensors[0][start : start + 10], data.tensors[1][start : start + 10]
 
+    class Counting(Dataset):
+        read: set[int] = set()
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, index):
+            self.read.add(index)
+            return data[index]
+
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupt):
-        sketch_gradients(model, failing_batches(), sketch_dim=8, store=resumed, shard_rows=16)
+        sketch_gradients(
+            model, failing_batches(), sketch_dim=8, store=resumed, shard_rows=16, batch_size=8
+        )
     with pytest.raises(StoreError, match="incomplete"):
         load_gradient_sketch(resumed)
-    sketch_gradients(model, data, sketch_dim=8, store=resumed, shard_rows=16)
+    sketch_gradients(model, Counting(), sketch_dim=8, store=resumed, shard_rows=16, batch_size=8)
+    assert min(Counting.read) == 48  # three shards of 16 rows were kept, not recomputed
     for path in sorted(reference.iterdir()):
         assert (resumed / path.name).read_bytes() == path.read_bytes(), path.name
 
@@ -230,8 +243,10 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
         ({"sketch_dim": 0}, "sketch_dim"),
         ({"params": ["nothing.*"]}, "matches no parameter"),
         ({"params": "last:99"}, "last:99"),
+        ({"data": []}, "no rows"),
     ],
 )
 def test_bad_requests(options, match):
+    data = options.pop("data", image_data(rows=4))
     with pytest.raises(ValueError, match=match):
-        sketch_gradients(small_cnn(), image_data(rows=4), **{"sketch_dim": 8, **options})
+        sketch_gradients(small_cnn(), data, **{"sketch_dim": 8, **options})

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 LABEL_KEYS = ("labels", "label")
 
@@ -58,8 +58,13 @@ def dataset_length(data: object) -> int | None:
         return None
 
 
-def iterate_batches(data: object, batch_size: int) -> Iterator[Batch]:
-    """Batches of ``data`` in a fixed row order (see the module docstring for the shapes)."""
+def iterate_batches(data: object, batch_size: int, start: int = 0) -> Iterator[Batch]:
+    """Batches of ``data`` in a fixed row order (see the module docstring for the shapes).
+
+    ``start`` > 0 skips rows: a map-style dataset is indexed from there (rows before it are
+    never read); other sources are read and the rows dropped. The first batch then holds
+    rows from ``start`` on.
+    """
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
             raise ValueError(
@@ -68,7 +73,9 @@ def iterate_batches(data: object, batch_size: int) -> Iterator[Batch]:
             )
         source: Iterable[object] = data
     elif isinstance(data, Dataset) and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        source = DataLoader(data, batch_size=batch_size, shuffle=False)
+        rows = range(start, len(data))  # type: ignore[arg-type]
+        start = 0
+        source = DataLoader(Subset(data, rows), batch_size=batch_size, shuffle=False)
     elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes)):
         source = data
     else:
@@ -76,8 +83,12 @@ def iterate_batches(data: object, batch_size: int) -> Iterator[Batch]:
             "data must be a torch Dataset, a DataLoader or an iterable of batches, "
             f"got {type(data).__name__}"
         )
+    seen = 0
     for position, raw in enumerate(source):
-        yield _as_batch(raw, position)
+        batch = _as_batch(raw, position)
+        if seen + batch.size > start:
+            yield batch.rows(max(0, start - seen), batch.size) if seen < start else batch
+        seen += batch.size
 
 
 def _as_batch(raw: object, position: int) -> Batch:

@@ -106,16 +106,10 @@ def sketch_gradients(
     labels: list[np.ndarray] = []
     skip = 0 if writer is None else writer.rows_done
     done = writer is not None and writer.complete
-    row = 0
+    row = skip
     with progress_bar(n_rows, "sketch gradients", progress, unit="example") as bar:
         bar.update(skip)
-        for batch in [] if done else iterate_batches(data, batch_size):
-            if row + batch.size <= skip:
-                row += batch.size
-                continue
-            if row < skip:
-                batch = batch.rows(skip - row, batch.size)
-                row = skip
+        for batch in [] if done else iterate_batches(data, batch_size, skip):
             offset = 0
             while offset < batch.size:
                 # Micro-batches end at global multiples of batch_size (shards hold a multiple
@@ -134,11 +128,13 @@ def sketch_gradients(
                 row += part.size
                 offset = stop
                 bar.update(part.size)
+    if row == 0:
+        raise ValueError("data yielded no rows")
     if n_rows is not None and not done and row != n_rows:
         raise ValueError(f"data yielded {row} rows but reports a length of {n_rows}")
     metadata = {**identity, "n_rows": row}
     if writer is None:
-        stacked = np.concatenate(features) if features else np.empty((0, sketch_dim), np.float32)
+        stacked = np.concatenate(features)
         all_labels = np.concatenate(labels) if labels and len(labels) == len(features) else None
         return GradientSketch(stacked, all_labels, metadata)
     if not done:
