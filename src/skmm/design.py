@@ -13,7 +13,7 @@ groups into eigenvectors. Greedy selection, one row at a time, maximizes with M 
   (Minoux) returns exactly the plain greedy's picks at a fraction of the cost.
 - ``"aopt"``: −Σ_j 1/γ_j = −tr M⁻¹ = −tr(Σ̃ Σ̃_S⁻¹) (A-optimal design, the variance term of
   the paper's bound). The gain of row i is z_iᵀ M⁻² z_i / (n + z_iᵀ M⁻¹ z_i). Plain greedy
-  updates all N gains, O(N·k) per pick; past N·n·k = 2·10⁹ the lazy variant is used.
+  updates all N gains, O(N·k) per pick; past N·n·k = 2·10⁸ the lazy variant is used.
 
 ε (``ridge``) keeps the empty coreset's value finite; a small ε makes every direction worth
 far more before it is covered than after, so the first picks cover the directions.
@@ -33,7 +33,7 @@ from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
 MIN_CLEAN_GAP = 10.0
-PLAIN_GREEDY_LIMIT = 2 * 10**9
+PLAIN_GREEDY_LIMIT = 2 * 10**8
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def greedy_design(
     """n distinct rows chosen greedily for ``criterion`` on M = (1/n)Σ_S z zᵀ + εI.
 
     ``lazy=None`` picks lazy evaluation for "logdet" (exact: its gains only shrink) and, for
-    "aopt", plain greedy while N·n·k ≤ 2·10⁹ and lazy beyond (then a heuristic: A-optimal
+    "aopt", plain greedy while N·n·k ≤ 2·10⁸ and lazy beyond (then a heuristic: A-optimal
     gains can grow, rarely, so a pick may differ from plain greedy's). Ties go to the lowest
     row index, so the result is deterministic.
     """

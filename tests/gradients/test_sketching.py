@@ -213,7 +213,8 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
             yield data.tensors[0][start : start + 10], data.tensors[1][start : start + 10]
 
     class Counting(Dataset):
-        read: set[int] = set()
+        def __init__(self):
+            self.read = set()
 
         def __len__(self):
             return len(data)
@@ -229,8 +230,9 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
         )
     with pytest.raises(StoreError, match="incomplete"):
         load_gradient_sketch(resumed)
-    sketch_gradients(model, Counting(), sketch_dim=8, store=resumed, shard_rows=16, batch_size=8)
-    assert min(Counting.read) == 48  # three shards of 16 rows were kept, not recomputed
+    counting = Counting()
+    sketch_gradients(model, counting, sketch_dim=8, store=resumed, shard_rows=16, batch_size=8)
+    assert min(counting.read) == 48  # three shards of 16 rows were kept, not recomputed
     for path in sorted(reference.iterdir()):
         assert (resumed / path.name).read_bytes() == path.read_bytes(), path.name
 

@@ -1,0 +1,84 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skmm.design import choose_directions, greedy_design, whiten
+from skmm.spectrum import spectrum
+
+
+def criterion_value(points, rows, n, criterion, ridge=1e-6):
+    chosen = points[list(rows)]
+    moment = chosen.T @ chosen / n + ridge * np.eye(points.shape[1])
+    if criterion == "logdet":
+        return np.linalg.slogdet(moment)[1]
+    return -np.trace(np.linalg.inv(moment))
+
+
+def reference_greedy(points, n, criterion):
+    """Plain greedy by recomputing the criterion from scratch for every candidate."""
+    chosen: list[int] = []
+    for _ in range(n):
+        scores = [
+            -np.inf if i in chosen else criterion_value(points, [*chosen, i], n, criterion)
+            for i in range(points.shape[0])
+        ]
+        chosen.append(int(np.argmax(scores)))
+    return chosen
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), criterion=st.sampled_from(["logdet", "aopt"]))
+def test_greedy_matches_the_from_scratch_greedy(seed, criterion):
+    points = np.random.default_rng(seed).standard_normal((30, 3))
+    result = greedy_design(torch.from_numpy(points), 6, criterion, lazy=False)
+    assert list(result.order) == reference_greedy(points, 6, criterion)
+    if criterion == "logdet":  # lazy evaluation is exact for a submodular criterion
+        lazy = greedy_design(torch.from_numpy(points), 6, criterion, lazy=True)
+        assert list(lazy.order) == list(result.order)
+
+
+def test_greedy_is_close_to_the_best_subset_on_a_tiny_pool():
+    points = np.random.default_rng(3).standard_normal((12, 2))
+    n = 3
+    best = max(
+        criterion_value(points, rows, n, "aopt") for rows in itertools.combinations(range(12), n)
+    )
+    greedy = greedy_design(torch.from_numpy(points), n, "aopt").order
+    assert criterion_value(points, greedy, n, "aopt") >= 1.05 * best  # values are negative
+
+
+def test_lazy_aopt_reaches_the_plain_objective():
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((3000, 8)) / np.arange(1, 9) ** 0.5
+    plain = greedy_design(torch.from_numpy(points), 40, "aopt", lazy=False)
+    lazy = greedy_design(torch.from_numpy(points), 40, "aopt", lazy=True)
+    assert lazy.evaluations < plain.evaluations
+    plain_value = criterion_value(points, plain.order, 40, "aopt")
+    assert criterion_value(points, lazy.order, 40, "aopt") >= 1.01 * plain_value
+
+
+def test_whitening_makes_the_pool_moment_the_identity():
+    rows = torch.randn(500, 6, dtype=torch.float64) * torch.tensor([5.0, 3, 2, 1, 0.5, 0.1])
+    spec = spectrum(rows)
+    z = whiten(rows, spec, 4)
+    np.testing.assert_allclose((z.T @ z / 500).numpy(), np.eye(4), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("scales", "requested", "sketch_dim", "budget", "expected"),
+    [
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "auto", None, None, (3, "eigengap")),
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], 5, None, None, (5, "given")),
+        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", None, 6, (3, "intrinsic")),
+        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", 8, None, (4, "intrinsic")),
+    ],
+)
+def test_choose_directions(scales, requested, sketch_dim, budget, expected):
+    rng = np.random.default_rng(0)
+    rows = torch.from_numpy(rng.standard_normal((4000, len(scales))) * scales)
+    choice = choose_directions(spectrum(rows), requested, sketch_dim, budget)
+    assert (choice.k, choice.rule) == expected
