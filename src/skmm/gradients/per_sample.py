@@ -116,6 +116,7 @@ class GradientComputer:
         self.frozen.update({name: b.detach() for name, b in model.named_buffers()})
         self.closed_form = isinstance(model, nn.Linear)
         self.hf_model = "transformers" in sys.modules and hasattr(model, "config")
+        self._width: int | None = None
         self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
 
     def __call__(self, batch: Batch, start: int) -> torch.Tensor:
@@ -123,12 +124,13 @@ class GradientComputer:
         batch = batch.to(self.device)
         if self.target == "loss" and batch.labels is None:
             raise ValueError("target='loss' needs labels; the data yields none")
-        with torch.no_grad():
-            outputs = self._forward(batch.inputs)
-        width = outputs[0].numel()
         if self.closed_form:
-            return self._linear_head(batch, outputs, start)
-        aux = self._aux(batch, outputs, start, width)
+            with torch.no_grad():
+                return self._linear_head(batch, self._forward(batch.inputs), start)
+        if self._width is None and self.target != "loss":
+            with torch.no_grad():  # the number of outputs K, once, from one example
+                self._width = self._forward(batch.rows(0, 1).inputs)[0].numel()
+        aux = self._aux(batch, start, self._width or 0)
         labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
         grads = self._per_example(self.params, batch.inputs, labels.to(self.device), aux)
         return torch.cat(
@@ -149,7 +151,7 @@ class GradientComputer:
         additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         return {**inputs, "attention_mask": additive}
 
-    def _aux(self, batch: Batch, outputs: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    def _aux(self, batch: Batch, start: int, width: int) -> torch.Tensor:
         """Per-row randomness: signs (jacobian), random labels (loss_random), else zeros."""
         if self.target == "jacobian":
             return random_signs(self.seed, start, batch.size, width).to(self.device)
