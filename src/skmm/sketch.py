@@ -14,6 +14,7 @@ sketch of a row is bit-for-bit the same for every batch size (on a given device)
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .seeding import SEED_MAX, derive_seed
 SKETCH_KINDS = ("gaussian", "sparse_sign")
 TILE_ROWS = 128
 SPARSE_NNZ = 8
-DEFAULT_CACHE_BYTES = 2**30
+DEFAULT_CACHE_BYTES = 2**31
 
 
 def block_rows(sketch_dim: int) -> int:
@@ -99,20 +100,32 @@ class SketchMap:
         return columns, values
 
     def sparse_block(self, block: int) -> torch.Tensor:
-        """Sparse-sign block ``block`` transposed, (m, rows), coalesced COO, cached like blocks."""
+        """Sparse-sign block ``block`` transposed, (m, rows) in CSR, cached like dense blocks.
+
+        Built directly (a stable sort of the nonzeros by output column), so each CSR row lists
+        its input rows in increasing order and no coalescing pass is needed.
+        """
         key = ("sparse", block)
         if key in self._cache:
             return self._cache[key]
         columns, values = self._sparse_entries(block)
-        rows = torch.arange(columns.shape[0]).repeat_interleave(columns.shape[1])
-        transposed = torch.sparse_coo_tensor(
-            torch.stack([columns.reshape(-1), rows]),
-            values.reshape(-1).to(self.dtype),
-            (self.sketch_dim, columns.shape[0]),
-            check_invariants=False,
-        ).coalesce()
-        entry = transposed.to(self.device)
-        size = columns.numel() * 16
+        n_rows, zeta = columns.shape
+        flat = columns.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.sketch_dim)
+        crow = torch.zeros(self.sketch_dim + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=crow[1:])
+        sources = torch.arange(n_rows).repeat_interleave(zeta)[order]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            entry = torch.sparse_csr_tensor(
+                crow.to(torch.int32),
+                sources.to(torch.int32),
+                values.reshape(-1)[order].to(self.dtype),
+                (self.sketch_dim, n_rows),
+                check_invariants=False,
+            ).to(self.device)
+        size = flat.numel() * (4 + entry.values().element_size()) + 4 * (self.sketch_dim + 1)
         if size <= self._cache_left:
             self._cache[key] = entry
             self._cache_left -= size
@@ -157,7 +170,7 @@ class SketchMap:
         return out[:n_rows]
 
     def _apply_sparse(self, rows: torch.Tensor) -> torch.Tensor:
-        """Σ_b (Γ_bᵀ x_bᵀ)ᵀ with Γ_bᵀ sparse: each output entry sums its nonzeros in order."""
+        """Σ_b (Γ_bᵀ x_bᵀ)ᵀ with Γ_bᵀ in CSR: each output entry sums its nonzeros in order."""
         out = torch.zeros(self.sketch_dim, rows.shape[0], dtype=torch.float64)
         for b in range(self.n_blocks):
             start = b * self.block_rows

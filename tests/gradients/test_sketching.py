@@ -252,3 +252,21 @@ def test_bad_requests(options, match):
     data = options.pop("data", image_data(rows=4))
     with pytest.raises(ValueError, match=match):
         sketch_gradients(small_cnn(), data, **{"sketch_dim": 8, **options})
+
+
+def test_the_callers_training_mode_is_restored():
+    model = small_cnn()
+    model.train()
+    sketch_gradients(model, image_data(rows=4), sketch_dim=8)
+    assert model.training
+    model.eval()
+    sketch_gradients(model, image_data(rows=4), sketch_dim=8)
+    assert not model.training
+
+
+def test_non_finite_gradients_name_the_examples():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Softplus(), nn.Linear(2, 2))
+    rows = torch.randn(10, 3)
+    rows[7] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite per-sample gradients for example\(s\) \[7\]"):
+        sketch_gradients(model, TensorDataset(rows), sketch_dim=4, batch_size=4)

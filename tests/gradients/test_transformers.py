@@ -85,3 +85,28 @@ def test_lora_adapters_are_the_trainable_parameters():
     expected = skmm.sketch(loop_gradients(model, batches, names).numpy(), 8, kind="gaussian")
     result = sketch_gradients(model, batches, sketch_dim=8, sketch="gaussian", target="loss")
     np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_custom_wrapper_receives_its_mask_unchanged():
+    from skmm.gradients.per_sample import additive_attention_mask, is_hugging_face_model
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = tiny_bert().bert
+            self.config = self.encoder.config  # looks like an HF model, is not one
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, input_ids, attention_mask):
+            assert attention_mask.dim() == 2
+            hidden = self.encoder(
+                input_ids=input_ids,
+                attention_mask=additive_attention_mask(attention_mask, torch.float32),
+            ).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).float()
+            return self.head((hidden * weights).sum(1) / weights.sum(1))
+
+    model = Wrapper()
+    assert not is_hugging_face_model(model) and is_hugging_face_model(tiny_bert())
+    result = sketch_gradients(model, token_batches(rows=6), params="head.*", sketch_dim=4)
+    assert np.isfinite(result.features).all() and result.features.shape == (6, 4)

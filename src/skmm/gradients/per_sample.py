@@ -91,6 +91,39 @@ def _per_row_draw(
     return torch.cat(parts)
 
 
+def check_finite_rows(rows: torch.Tensor, start: int) -> torch.Tensor:
+    """``rows`` unchanged, or a ValueError naming the first examples with NaN/Inf gradients."""
+    bad = (~torch.isfinite(rows)).any(dim=1)
+    if bool(bad.any()):
+        examples = (torch.nonzero(bad).flatten()[:5] + start).tolist()
+        raise ValueError(
+            f"non-finite per-sample gradients for example(s) {examples}: check the model's "
+            "outputs on them (a NaN loss, or a mask the model misreads)"
+        )
+    return rows
+
+
+def is_hugging_face_model(model: nn.Module) -> bool:
+    """A transformers ``PreTrainedModel``, or a PEFT model wrapping one (these take 4-D masks).
+
+    A user's own module wrapping an encoder is not one: it receives its mask unchanged and
+    must hand the encoder a 4-D additive mask itself (:func:`additive_attention_mask`).
+    """
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        return False
+    pretrained = transformers.PreTrainedModel
+    if isinstance(model, pretrained):
+        return True
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) 0/1 padding mask → (B, 1, 1, L) additive float mask (0 keep, dtype min drop)."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
 class GradientComputer:
     """Flattened per-sample gradients (B, r) of the chosen parameters, in parameter order."""
 
@@ -115,7 +148,7 @@ class GradientComputer:
         }
         self.frozen.update({name: b.detach() for name, b in model.named_buffers()})
         self.closed_form = isinstance(model, nn.Linear)
-        self.hf_model = "transformers" in sys.modules and hasattr(model, "config")
+        self.hf_model = is_hugging_face_model(model)
         self._width: int | None = None
         self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
 
@@ -133,9 +166,8 @@ class GradientComputer:
         aux = self._aux(batch, start, self._width or 0)
         labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
         grads = self._per_example(self.params, batch.inputs, labels.to(self.device), aux)
-        return torch.cat(
-            [grads[name].reshape(batch.size, -1).float() for name in self.names], dim=1
-        )
+        rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
+        return check_finite_rows(rows, start)
 
     def _forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         state = {**self.frozen, **self.params}
@@ -148,8 +180,7 @@ class GradientComputer:
         if not self.hf_model or mask is None or mask.dim() != 2:
             return inputs
         dtype = next(iter(self.params.values())).dtype
-        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-        return {**inputs, "attention_mask": additive}
+        return {**inputs, "attention_mask": additive_attention_mask(mask, dtype)}
 
     def _aux(self, batch: Batch, start: int, width: int) -> torch.Tensor:
         """Per-row randomness: signs (jacobian), random labels (loss_random), else zeros."""
@@ -205,4 +236,4 @@ class GradientComputer:
             "weight": (delta[:, :, None] * features[:, None, :]).reshape(batch.size, -1),
             "bias": delta,
         }
-        return torch.cat([parts[name] for name in self.names], dim=1)
+        return check_finite_rows(torch.cat([parts[name] for name in self.names], dim=1), start)

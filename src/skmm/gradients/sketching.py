@@ -83,25 +83,42 @@ def sketch_gradients(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(device, next(model.parameters(), None))
     chosen = resolve_params(model, params)
-    computer = GradientComputer(model, chosen, target, seed, device)
+    was_training = model.training
+    try:
+        computer = GradientComputer(model, chosen, target, seed, device)
+        sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
+        identity = {
+            "model_fingerprint": model_fingerprint(model),
+            "model_class": type(model).__qualname__,
+            "params": computer.names,
+            "n_params": computer.n_params,
+            "seed": seed,
+            "sketch": sketch,
+            "sketch_dim": sketch_dim,
+            "target": target,
+            "dtype": "float32",
+        }
+        writer = (
+            None
+            if store is None
+            else SketchStore.open_for_writing(store, identity, shard_rows=shard_rows)
+        )
+        return _stream(computer, sketch_map, data, batch_size, identity, writer, progress)
+    finally:
+        model.train(was_training)
+
+
+def _stream(
+    computer: GradientComputer,
+    sketch_map: SketchMap,
+    data: object,
+    batch_size: int,
+    identity: dict[str, Any],
+    writer: SketchStore | None,
+    progress: bool | None,
+) -> GradientSketch:
+    """Gradients → sketch, micro-batch by micro-batch, into memory or the store."""
     n_rows = dataset_length(data)
-    identity = {
-        "model_fingerprint": model_fingerprint(model),
-        "model_class": type(model).__qualname__,
-        "params": computer.names,
-        "n_params": computer.n_params,
-        "seed": seed,
-        "sketch": sketch,
-        "sketch_dim": sketch_dim,
-        "target": target,
-        "dtype": "float32",
-    }
-    sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
-    writer = (
-        None
-        if store is None
-        else SketchStore.open_for_writing(store, identity, shard_rows=shard_rows)
-    )
     features: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     skip = 0 if writer is None else writer.rows_done
@@ -139,7 +156,7 @@ def sketch_gradients(
         return GradientSketch(stacked, all_labels, metadata)
     if not done:
         writer.finish(metadata)
-    return load_gradient_sketch(store)
+    return load_gradient_sketch(writer.path)
 
 
 def load_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
