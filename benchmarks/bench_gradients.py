@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skmm.gradients import additive_attention_mask, sketch_gradients
-from skmm.sketch import SPARSE_NNZ, SketchMap
+from skmm.sketch import DEFAULT_CACHE_BYTES, SPARSE_NNZ, SketchMap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the MiniLM weights come from a local package
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -529,7 +529,7 @@ def memory_row(r: int, n_rows: int, batch_size: int, threads: int) -> str:
     r_true = run["r"]
     mib = 2.0**20
     per_sample = batch_size * r_true * 4 / mib
-    cached = min(r_true * SPARSE_NNZ * 20, 2**30 * 20 // 16) / mib
+    cached = min(r_true * SPARSE_NNZ * 8, DEFAULT_CACHE_BYTES) / mib
     dense = r_true * SKETCH_DIM * 4 / mib
     extra = run["peak_mib"] - run["baseline_mib"]
     extra_maxrss = run["peak_maxrss_mib"] - run["baseline_maxrss_mib"]
@@ -667,10 +667,9 @@ def main() -> None:
             "stays below this parent's peak: Linux carries that peak over fork + exec"
         )
         print(
-            "- Γ cache tensors: min(r·ζ·20 B, 1 GiB·20/16), ζ = 8: SketchMap keeps coalesced COO "
-            "blocks (int64 row + col, float32 value = 20 B per nonzero) until its cache_bytes "
-            "= 1 GiB budget, which it counts at 16 B per nonzero, is spent; blocks past that are "
-            "rebuilt for every micro-batch"
+            "- Γ cache tensors: min(r·ζ·8 B, cache budget), ζ = 8: SketchMap keeps its blocks "
+            "as CSR (int32 index + float32 value = 8 B per nonzero) up to DEFAULT_CACHE_BYTES "
+            "(2 GiB); blocks past that are rebuilt for every micro-batch"
         )
 
 
