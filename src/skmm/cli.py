@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .api import get_method, methods, select
+from .inputs import MissingDependencyError
 from .io import load_array
 from .selection import Selection
 from .store import SketchStore, is_store
@@ -126,8 +127,28 @@ def _build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--methods", nargs="+", help="labels of the methods to run")
     synthetic.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    real = benches.add_parser(
+        "real",
+        help="real finetuning: select, train on the coreset, test (offline models and data)",
+    )
+    real.add_argument("--task", default="food-reviews", help="food-reviews")
+    real.add_argument("--out", default="bench-out/real", help="output folder")
+    real.add_argument("--cache", default="bench-out/cache", help="encodings and gradient store")
+    real.add_argument("--protocols", nargs="+", default=["linear", "finetune"])
+    real.add_argument("--methods", nargs="+", help="methods (default: every method)")
+    real.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
+    real.add_argument("--seeds", type=int, default=5, help="selection seeds")
+    real.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    real.add_argument("--limit-train", type=int, help="use only the first rows of the pool")
+    real.add_argument("--limit-test", type=int, help="use only the first rows of the test split")
+    real.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
+    real.add_argument("--quiet", action="store_true", help="no progress bars")
+
     demo = commands.add_parser("demo", help="run the end-to-end demo")
-    demo.add_argument("--quick", action="store_true", help="a smaller, faster demo")
+    demo.add_argument(
+        "--synthetic", action="store_true", help="the synthetic regression demo instead"
+    )
+    demo.add_argument("--quick", action="store_true", help="with --synthetic: a smaller pool")
     return parser
 
 
@@ -254,6 +275,8 @@ def _methods_command() -> int:
 
 
 def _bench_command(args: argparse.Namespace) -> int:
+    if args.benchmark == "real":
+        return _real_command(args)
     from .bench.synthetic import synthetic_report
 
     pool = {
@@ -281,6 +304,29 @@ def _bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real_command(args: argparse.Namespace) -> int:
+    from .bench.real import DEFAULT_BUDGETS, QUICK, real_report
+
+    quick = QUICK if args.quick else {}
+    options = {
+        "protocols": args.protocols,
+        "methods": args.methods or quick.get("methods", methods()),
+        "budgets": args.budgets or quick.get("budgets", DEFAULT_BUDGETS),
+        "seeds": 1 if args.quick else args.seeds,
+        "cache_dir": args.cache,
+        "max_length": quick.get("max_length", args.max_length),
+        "limit_train": args.limit_train or quick.get("limit_train"),
+        "limit_test": args.limit_test or quick.get("limit_test"),
+        "progress": False if args.quiet else None,
+    }
+    if args.quick:
+        options["finetune_steps"] = quick["finetune_steps"]
+    markdown, files = real_report(args.out, args.task, **options)
+    print(markdown)
+    print("written: " + ", ".join(str(path) for path in files))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skmm`` command; returns the exit status."""
     parser = _build_parser()
@@ -294,10 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sketch_command(args)
         if args.command == "bench":
             return _bench_command(args)
-        from .demo import run_demo
+        from .demo import run_demo, run_real_demo
 
-        return run_demo(quick=args.quick)
-    except (InputError, ValueError, TypeError, FileNotFoundError) as exc:
+        return run_demo(quick=args.quick) if args.synthetic else run_real_demo()
+    except (InputError, ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
         sys.stderr.write(f"skmm: error: {exc}\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
