@@ -78,6 +78,14 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     again, _ = real_report(tmp_path / "again", **options)
     assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == cached
     assert again.split("\n", 2)[2] == markdown.split("\n", 2)[2]  # same numbers from the cache
+    # an interrupted run keeps its journal; the rerun does only the missing runs
+    journal = tmp_path / "out" / "runs.csv"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:2]) + "\n")
+    resumed, _ = real_report(tmp_path / "out", **options)
+    assert resumed.split("\n", 2)[2] == markdown.split("\n", 2)[2]
+    with pytest.raises(ValueError, match="other settings"):
+        real_report(tmp_path / "out", **{**options, "max_length": 16})
 
 
 def test_cli_reports_an_unknown_task(capsys):

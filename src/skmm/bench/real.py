@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import json
 import math
 import os
 import time
@@ -345,9 +346,15 @@ def run_real(
     limit_train: int | None = None,
     limit_test: int | None = None,
     finetune_steps: int = FINETUNE["steps"],
+    journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
-    """Every protocol × method × budget × seed of one task (features and gradients cached)."""
+    """Every protocol × method × budget × seed of one task (features and gradients cached).
+
+    ``journal``: a CSV rewritten atomically after every run, next to a JSON of the settings;
+    a rerun with the same settings keeps the runs it holds and does only the missing ones,
+    so an interrupted benchmark loses at most the run in progress.
+    """
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -371,12 +378,27 @@ def run_real(
     base = LastLayerClassifier(
         encoder.encoder.layer[-1], encoder.config.hidden_size, n_classes, seed=0
     )
+    settings = {
+        "task": task_name,
+        "max_length": max_length,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+        "finetune": {**FINETUNE, "steps": finetune_steps},
+        "penalties": list(PENALTY_GRID),
+        "sketch_dim": SKETCH_DIM,
+    }
+    done = {} if journal is None else _read_journal(Path(journal), settings)
     runs: list[RealRun] = []
-    for protocol in protocols:
-        features = _selection_features(protocol, base, train, cache, progress)
-        for n in budgets:
-            for method in methods:
-                for seed in range(seeds):
+    grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
+    with progress_bar(len(grid), "runs", progress, unit="run") as bar:
+        for protocol in protocols:
+            todo = [key for key in grid if key[0] == protocol and key not in done]
+            features = _selection_features(protocol, base, train, cache, progress) if todo else None
+            for key in [key for key in grid if key[0] == protocol]:
+                _, n, method, seed = key
+                if key in done:
+                    runs.append(done[key])
+                else:
                     runs.append(
                         _one_run(
                             (task.name, protocol, method, n, seed),
@@ -387,7 +409,33 @@ def run_real(
                             finetune_steps,
                         )
                     )
+                    if journal is not None:
+                        write_runs_csv(runs, Path(journal))
+                bar.update(1)
     return runs
+
+
+def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
+    """Runs already in ``path`` (keyed by protocol, n, method, seed), if made with ``settings``."""
+    from ..io import read_json, write_json
+
+    settings_path = path.with_suffix(".settings.json")
+    if path.exists() and settings_path.exists():
+        stored = read_json(settings_path)
+        if stored != json.loads(json.dumps(settings)):
+            raise ValueError(
+                f"{path} holds runs made with other settings ({settings_path}); choose another "
+                "--out or remove them"
+            )
+        with open(path, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        types = {name: field.type for name, field in RealRun.__dataclass_fields__.items()}
+        casts = {"int": int, "float": float, "str": str}
+        runs = [RealRun(**{k: casts[types[k]](v) for k, v in row.items()}) for row in rows]
+        return {(r.protocol, r.n, r.method, r.seed): r for r in runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(settings_path, settings)
+    return {}
 
 
 def _selection_features(
@@ -569,7 +617,7 @@ def real_report(
     """Run :func:`run_real` and write table.md, runs.csv and accuracy.png into ``out_dir``."""
     out = Path(out_dir)
     began = time.perf_counter()
-    runs = run_real(task_name, **options)
+    runs = run_real(task_name, journal=out / "runs.csv", **options)
     summaries = summarize_real(runs)
     seconds = time.perf_counter() - began
     protocols = ", ".join(dict.fromkeys(run.protocol for run in runs))
