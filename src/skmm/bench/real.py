@@ -43,7 +43,7 @@ from torch import nn
 from ..api import get_method, select
 from ..gradients import additive_attention_mask, sketch_gradients
 from ..inputs import MissingDependencyError
-from ..io import atomic_write, write_npz
+from ..io import atomic_write, read_json, write_json, write_npz
 from ..progress import progress_bar
 from ..seeding import derive_seed, numpy_rng
 
@@ -417,8 +417,6 @@ def run_real(
 
 def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
     """Runs already in ``path`` (keyed by protocol, n, method, seed), if made with ``settings``."""
-    from ..io import read_json, write_json
-
     settings_path = path.with_suffix(".settings.json")
     if path.exists() and settings_path.exists():
         stored = read_json(settings_path)
