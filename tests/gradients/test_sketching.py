@@ -155,7 +155,7 @@ def test_tiny_transformer_encoder():
     gen = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randint(0, 20, (12, 5), generator=gen), torch.randint(0, 3, (12,)))
     names = [name for name, _ in resolve_params(model, ["layer.linear*", "head.*"])]
-    explicit = loop_gradients_generic(model, data, names)
+    explicit = loop_gradients(model, data, names, "loss")
     expected = skmm.sketch(explicit.numpy(), 8, kind="gaussian")
     result = sketch_gradients(
         model,
@@ -166,18 +166,6 @@ def test_tiny_transformer_encoder():
         target="loss",
     )
     np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
-
-
-def loop_gradients_generic(model, data, names):
-    model.eval()
-    chosen = dict(model.named_parameters())
-    rows = []
-    for index in range(len(data)):
-        inputs, label = data[index]
-        model.zero_grad()
-        nn.functional.cross_entropy(model(inputs[None])[0], label).backward()
-        rows.append(torch.cat([chosen[name].grad.reshape(-1) for name in names]))
-    return torch.stack(rows)
 
 
 def test_store_round_trip_resume_and_refusal(tmp_path):
