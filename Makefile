@@ -8,7 +8,11 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skmm-installed
 
-.PHONY: venv test test-all demo lint format clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+APT_FASHION := apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)
+
+.PHONY: venv bench-data test test-all demo lint format clean
 
 venv: $(STAMP)
 
@@ -19,10 +23,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
-test: venv
+# Fashion-MNIST for the fashion-mnist benchmark task comes from Debian (best effort: without
+# root or sudo its tests are skipped and a note says how to install it).
+bench-data:
+	@test -e $(FASHION_MNIST) || \
+	if [ "$$(id -u)" = 0 ]; then sh -c '$(APT_FASHION)'; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo sh -c '$(APT_FASHION)'; \
+	fi; test -e $(FASHION_MNIST) || \
+	echo "note: Fashion-MNIST missing (apt-get install dataset-fashion-mnist); its tests skip"
+
+test: venv bench-data
 	$(PY) -m pytest -q
 
-test-all: venv
+test-all: venv bench-data
 	$(PY) -m pytest -q -m ""
 
 demo: venv

