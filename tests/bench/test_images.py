@@ -110,7 +110,13 @@ def test_quick_fashion_mnist_end_to_end(tmp_path):
     assert len(rows) == 2 * len(QUICK["methods"]) * len(QUICK["budgets"])
     assert {row["task"] for row in rows} == {"fashion-mnist"}
     cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
-    assert [name.split("-")[0] for name in cached] == ["fashion", "fashion", "grads", "tune"]
+    assert [name.split("-")[0] for name in cached] == [
+        "fashion",
+        "fashion",
+        "grads",
+        "tune",
+        "tune",
+    ]
     # the pool's encoding holds the trunk output the finetuned layers take
     train_cache = next((tmp_path / "cache").glob("fashion-mnist-train-*.npz"))
     with np.load(train_cache) as stored:

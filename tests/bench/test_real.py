@@ -2,7 +2,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 from skmm.bench.real import (
     QUICK,
@@ -29,10 +28,12 @@ def test_scores_by_hand():
 def test_linear_probe_learns_a_separable_problem():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 90)
-    features = np.eye(3)[labels] * 4 + rng.standard_normal((90, 3)) * 0.3
-    weight, bias, penalty = train_linear(features, labels, 3, seed=0)
-    predicted = (torch.from_numpy(features) @ weight + bias).argmax(1).numpy()
-    assert np.mean(predicted == labels) == 1.0 and penalty > 0
+    features = np.eye(3)[labels] * 4 + 10 + rng.standard_normal((90, 3)) * 0.3
+    probe = train_linear(features, labels, 3, penalty=1e-3)
+    assert np.mean(probe.logits(features).argmax(1).numpy() == labels) == 1.0
+    np.testing.assert_allclose(probe.mean, features.mean(0))
+    # a stronger penalty shrinks the weights
+    assert train_linear(features, labels, 3, penalty=1.0).weight.norm() < probe.weight.norm()
 
 
 def test_summary_tables_mark_the_best_mean():
@@ -69,6 +70,7 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     assert [path.name for path in files] == ["table.md", "runs.csv", "accuracy.png"]
     assert all(path.stat().st_size > 0 for path in files)
     assert "linear: accuracy" in markdown and "finetune: macro-f1" in markdown
+    assert "Linear probe L2 penalty, tuned on the pool: n = 20:" in markdown.split("\n")[0]
     with open(files[1]) as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 2 * len(QUICK["methods"]) * len(QUICK["budgets"])

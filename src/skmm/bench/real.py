@@ -13,8 +13,9 @@ The frozen part of each network runs once per split and is cached (npz, keyed by
 and the input size). Protocols, as in the paper:
 
 - ``linear`` (the paper's CLIP study): selection features are the frozen embeddings; a
-  multinomial logistic regression is trained on the standardized coreset, its L2 penalty
-  chosen by the 5-fold cross-validated log-loss on the coreset alone (shuffled, seeded).
+  multinomial logistic regression is trained on the standardized coreset. Its L2 penalty
+  is chosen once per n without the test split (:func:`tune_linear`: uniform coresets of the
+  pool, validated on other pool rows) and is the same for every method.
 - ``finetune`` (the paper's ResNet18 study): the last two layers are finetuned on the
   coreset (AdamW, a fixed number of steps, the same for every method); selection features
   are the sketched per-sample gradients of those layers (``target="jacobian"``, m = 256),
@@ -31,7 +32,6 @@ import copy
 import csv
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -248,11 +248,15 @@ def prepare_task(
     raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
 
 
-def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty: float):
+def fit_logistic(
+    features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression, mean cross-entropy + penalty·‖W‖², by L-BFGS."""
-    weight = torch.zeros(features.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+    weight = torch.zeros(features.shape[1], n_classes, dtype=features.dtype, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=features.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-5
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -264,26 +268,81 @@ def fit_logistic(features: torch.Tensor, labels: torch.Tensor, n_classes: int, p
     return weight.detach(), bias.detach()
 
 
+@dataclass
+class LinearProbe:
+    """A logistic regression on embeddings standardized by the coreset's mean and std."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def logits(self, embedding: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(((embedding - self.mean) / self.scale).astype(np.float32))
+        return x @ self.weight + self.bias
+
+
 def train_linear(
-    train: np.ndarray, labels: np.ndarray, n_classes: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Logistic regression on the coreset; its penalty minimizes the 5-fold CV log-loss."""
-    x = torch.from_numpy(train).double()
-    y = torch.from_numpy(labels)
-    order = numpy_rng(seed, "cv").permutation(len(y))
-    folds = np.array_split(order, min(5, len(y)))
-    best, best_penalty = math.inf, PENALTY_GRID[0]
-    for penalty in PENALTY_GRID:
-        held_out_loss = 0.0
-        for fold in folds:
-            inside = np.setdiff1d(order, fold)
-            weight, bias = fit_logistic(x[inside], y[inside], n_classes, penalty)
-            logits = x[fold] @ weight + bias
-            held_out_loss += float(F.cross_entropy(logits, y[fold], reduction="sum"))
-        if held_out_loss < best:
-            best, best_penalty = held_out_loss, penalty
-    weight, bias = fit_logistic(x, y, n_classes, best_penalty)
-    return weight, bias, best_penalty
+    embedding: np.ndarray, labels: np.ndarray, n_classes: int, penalty: float
+) -> LinearProbe:
+    """Standardize the coreset's embeddings (its own mean and std), fit :func:`fit_logistic`."""
+    mean = embedding.mean(0)
+    scale = embedding.std(0) + 1e-6
+    x = torch.from_numpy(((embedding - mean) / scale).astype(np.float32))
+    weight, bias = fit_logistic(x, torch.from_numpy(labels), n_classes, penalty)
+    return LinearProbe(mean, scale, weight, bias)
+
+
+def _tuning_rows(pool: int, n: int, seed: int, stream: str) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform coreset of n pool rows and up to ``validation_rows`` other pool rows."""
+    rows = np.sort(numpy_rng(seed, stream).choice(pool, n, replace=False))
+    rest = np.setdiff1d(np.arange(pool), rows)
+    size = min(TUNING["validation_rows"], len(rest))
+    return rows, np.sort(numpy_rng(seed, f"{stream}-validation").choice(rest, size, replace=False))
+
+
+def _tuning_cache(task: PreparedTask, cache: Path, kind: str, *parts: Any) -> Path:
+    key = json.dumps(
+        [
+            task.name,
+            task.settings,
+            TUNING,
+            hashlib.sha256(task.train.embedding).hexdigest(),
+            *parts,
+        ],
+        sort_keys=True,
+    )
+    return cache / f"tune-{kind}-{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def tune_linear(task: PreparedTask, budgets: Sequence[int], cache: Path) -> dict[str, float]:
+    """The L2 penalty of the linear probe for each n, chosen without the test split.
+
+    For each n and each penalty of :data:`PENALTY_GRID`, uniform coresets of n pool rows
+    (a few seeds) train the probe, scored by the mean cross-entropy on up to
+    ``TUNING["validation_rows"]`` other pool rows; the lowest wins and every method uses it.
+    Cached as JSON.
+    """
+    path = _tuning_cache(task, cache, "linear", sorted(budgets), PENALTY_GRID)
+    if path.exists():
+        return read_json(path)
+    train, pool = task.train, len(task.train.labels)
+    chosen = {}
+    for n in sorted(budgets):
+        loss = {}
+        for penalty in PENALTY_GRID:
+            total = 0.0
+            for seed in range(TUNING["seeds"]):
+                rows, held_out = _tuning_rows(pool, n, seed, "tune-linear")
+                probe = train_linear(
+                    train.embedding[rows], train.labels[rows], task.n_classes, penalty
+                )
+                logits = probe.logits(train.embedding[held_out])
+                total += float(F.cross_entropy(logits, torch.from_numpy(train.labels[held_out])))
+            loss[penalty] = total / TUNING["seeds"]
+        chosen[str(n)] = min(PENALTY_GRID, key=lambda penalty: loss[penalty])
+    write_json(path, chosen)
+    return chosen
 
 
 def scores(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -350,11 +409,7 @@ def tune_finetune(task: PreparedTask, steps: int, cache: Path) -> dict[str, Any]
     pool = len(task.train.labels)
     budget = max(2, min(TUNING["budget"], pool // 4))
     hyper = {**task.finetune, "steps": steps}
-    key = json.dumps(
-        [task.name, task.settings, hyper, TUNING, hashlib.sha256(task.train.embedding).hexdigest()],
-        sort_keys=True,
-    )
-    path = cache / f"tune-{task.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    path = _tuning_cache(task, cache, "finetune", hyper)
     if path.exists():
         return read_json(path)
     accuracy = {}
@@ -362,14 +417,10 @@ def tune_finetune(task: PreparedTask, steps: int, cache: Path) -> dict[str, Any]
         scaled = {**hyper, "lr_body": hyper["lr_body"] * scale, "lr_head": hyper["lr_head"] * scale}
         values = []
         for seed in range(TUNING["seeds"]):
-            rows = np.sort(numpy_rng(seed, "tune").choice(pool, budget, replace=False))
-            rest = np.setdiff1d(np.arange(pool), rows)
-            size = min(TUNING["validation_rows"], len(rest))
-            held_out = np.sort(numpy_rng(seed, "validation").choice(rest, size, replace=False))
+            rows, held_out = _tuning_rows(pool, budget, seed, "tune")
             model = finetune(task.base, task.train, rows, seed, scaled)
-            values.append(
-                float(np.mean(predict(model, task.train, held_out) == task.train.labels[held_out]))
-            )
+            predicted = predict(model, task.train, held_out)
+            values.append(float(np.mean(predicted == task.train.labels[held_out])))
         accuracy[str(scale)] = float(np.mean(values))
     best = max(TUNING["lr_scales"], key=lambda scale: accuracy[str(scale)])
     result = {
@@ -448,7 +499,11 @@ def run_real(
     if too_big:
         raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
     hyper = {**task.finetune, "steps": finetune_steps or task.finetune["steps"]}
-    settings: dict[str, Any] = {"task": task_name, **task.settings, "penalties": list(PENALTY_GRID)}
+    settings: dict[str, Any] = {"task": task_name, **task.settings}
+    penalties: dict[str, float] = {}
+    if "linear" in protocols:
+        penalties = tune_linear(task, budgets, cache)
+        settings.update(penalty_grid=list(PENALTY_GRID), penalties=penalties)
     if "finetune" in protocols:
         tuning = tune_finetune(task, hyper["steps"], cache) if tune else None
         if tuning is not None:
@@ -466,7 +521,9 @@ def run_real(
                 if key in done:
                     runs.append(done[key])
                 else:
-                    runs.append(_one_run((protocol, method, n, seed), features, task, hyper))
+                    runs.append(
+                        _one_run((protocol, method, n, seed), features, task, hyper, penalties)
+                    )
                     if journal is not None:
                         write_runs_csv(runs, Path(journal))
                 bar.update(1)
@@ -525,6 +582,7 @@ def _one_run(
     features: np.ndarray,
     task: PreparedTask,
     hyper: dict[str, Any],
+    penalties: dict[str, float],
 ) -> RealRun:
     protocol, method, n, seed = key
     train, test = task.train, task.test
@@ -534,13 +592,10 @@ def _one_run(
     rows = selection.indices
     began = time.perf_counter()
     if protocol == "linear":
-        mean = train.embedding[rows].mean(0)
-        scale = train.embedding[rows].std(0) + 1e-6
-        weight, bias, _ = train_linear(
-            (train.embedding[rows] - mean) / scale, train.labels[rows], task.n_classes, seed
+        probe = train_linear(
+            train.embedding[rows], train.labels[rows], task.n_classes, penalties[str(n)]
         )
-        test_x = torch.from_numpy((test.embedding - mean) / scale).double()
-        predicted = (test_x @ weight + bias).argmax(1).numpy()
+        predicted = probe.logits(test.embedding).argmax(1).numpy()
     else:
         predicted = predict(finetune(task.base, train, rows, seed, hyper), test)
     metrics = scores(predicted, test.labels, task.n_classes)
@@ -689,8 +744,16 @@ def real_report(
 
 
 def _finetune_line(settings: dict[str, Any]) -> str:
-    """How the finetuned models were trained, from the journal's settings (or nothing)."""
-    hyper, tuning = settings.get("finetune"), settings.get("tuning")
+    """How the models were trained, from the journal's settings."""
+    penalties = settings.get("penalties")
+    line = ""
+    if penalties:
+        chosen = ", ".join(f"n = {n}: {penalty:g}" for n, penalty in penalties.items())
+        line = f" Linear probe L2 penalty, tuned on the pool: {chosen}."
+    return line + _hyper_line(settings.get("finetune"), settings.get("tuning"))
+
+
+def _hyper_line(hyper: dict[str, Any] | None, tuning: dict[str, Any] | None) -> str:
     if hyper is None:
         return ""
     line = (
