@@ -181,12 +181,23 @@ def _select_command(args: argparse.Namespace) -> int:
         features, args.n, args.method, labels=labels, random_state=args.seed, **options
     )
     if args.out:
-        selection.save(args.out)
+        try:
+            selection.save(args.out)
+        except OSError as exc:
+            raise InputError(f"cannot write --out {args.out}: {_os_problem(exc)}") from None
     else:
         sys.stdout.write("\n".join(str(i) for i in selection.indices) + "\n")
     if not args.quiet:
         _print_summary(selection, args.out)
     return 0
+
+
+def _os_problem(exc: OSError) -> str:
+    """The reason of an OSError, naming its path unless it is a temporary file of ours."""
+    name = Path(str(exc.filename)).name if exc.filename else ""
+    if not exc.strerror or not name or (name.startswith(".") and name.endswith(".tmp")):
+        return exc.strerror or str(exc)
+    return f"{exc.strerror}: {exc.filename}"
 
 
 def _print_summary(selection: Selection, out: str | None) -> None:
@@ -343,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo, run_real_demo
 
         return run_demo(quick=args.quick) if args.synthetic else run_real_demo()
-    except (InputError, ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
+    except (InputError, ValueError, TypeError, OSError, MissingDependencyError) as exc:
         sys.stderr.write(f"skmm: error: {exc}\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
