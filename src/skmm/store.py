@@ -541,6 +541,8 @@ def _read_npy(
     directory: Path, name: str, sha256: str, shape: tuple[int, ...], dtype: np.dtype
 ) -> np.ndarray:
     """Read one shard file, checking its sha256, then its shape and dtype; never unpickles."""
+    if (directory / name).is_symlink():
+        raise StoreError(f"store {directory}: {name} is a symbolic link; a store holds plain files")
     try:
         data = (directory / name).read_bytes()
     except FileNotFoundError:
