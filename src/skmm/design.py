@@ -39,11 +39,12 @@ REFRESH_DROP = 1e-4
 
 @dataclass(frozen=True)
 class DirectionChoice:
-    """How many top directions are matched, and by which rule."""
+    """How many top directions are matched, by which rule, and the eigengap ratio λ_k/λ_{k+1}
+    the rule saw (None when k was given or the rank is 1)."""
 
     k: int
     rule: str
-    gap: float
+    gap: float | None
 
 
 def choose_directions(
@@ -61,9 +62,9 @@ def choose_directions(
     values = spectrum.eigenvalues.cpu().numpy()
     rank = max(1, spectrum.effective_rank())
     if not isinstance(requested, str):
-        return DirectionChoice(min(int(requested), rank), "given", math.nan)
+        return DirectionChoice(min(int(requested), rank), "given", None)
     if rank == 1:
-        return DirectionChoice(1, "rank", math.inf)
+        return DirectionChoice(1, "rank", None)
     cap = rank if sketch_dim is None else max(1, min(rank, sketch_dim // 2))
     if budget is not None:
         cap = max(1, min(cap, budget // 2))
