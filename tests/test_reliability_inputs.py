@@ -164,6 +164,18 @@ def test_reading_a_store_whole_is_refused_beyond_the_limit(tmp_path, monkeypatch
         SketchStore.open(tmp_path / "s").features()
 
 
+def test_sketching_gradients_checks_the_sketch_size_before_starting(tmp_path, monkeypatch):
+    from torch.utils.data import TensorDataset
+
+    from skmm.gradients import sketch_gradients
+
+    monkeypatch.setenv("SKMM_MAX_MEMORY", "1M")
+    data = TensorDataset(torch.randn(1000, 4), torch.zeros(1000, dtype=torch.int64))
+    with pytest.raises(MemoryLimitError, match="the \\(1000, 512\\) float32 sketch.*2.0 MiB"):
+        sketch_gradients(torch.nn.Linear(4, 3), data, sketch_dim=512, store=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("text", ["lots", "-5", "1.5X"])
 def test_a_malformed_memory_limit_is_an_error(monkeypatch, text):
     monkeypatch.setenv("SKMM_MAX_MEMORY", text)
