@@ -7,11 +7,12 @@ Input problems (missing files, pickles, bad shapes, unknown options) end with a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +202,23 @@ def _select_command(args: argparse.Namespace) -> int:
         features, args.n, args.method, labels=labels, random_state=args.seed, **options
     )
     if args.out:
-        selection.save(args.out)
+        try:
+            selection.save(args.out)
+        except OSError as exc:
+            raise InputError(f"cannot write --out {args.out}: {_os_problem(exc)}") from None
     else:
         sys.stdout.write("\n".join(str(i) for i in selection.indices) + "\n")
     if not args.quiet:
         _print_summary(selection, args.out)
     return 0
+
+
+def _os_problem(exc: OSError) -> str:
+    """The reason of an OSError, naming its path unless it is a temporary file of ours."""
+    name = Path(str(exc.filename)).name if exc.filename else ""
+    if not exc.strerror or not name or (name.startswith(".") and name.endswith(".tmp")):
+        return exc.strerror or str(exc)
+    return f"{exc.strerror}: {exc.filename}"
 
 
 def _print_summary(selection: Selection, out: str | None) -> None:
@@ -251,28 +263,47 @@ def _load_task(spec: str) -> Callable[[], Any]:
     return function
 
 
+@contextlib.contextmanager
+def _task_code(what: str, hint: str) -> Iterator[None]:
+    """Report an unexpected exception from the task's own code as one error line.
+
+    skmm's own input errors (ValueError, TypeError, OSError, ...) pass through unchanged.
+    """
+    try:
+        yield
+    except (InputError, ValueError, TypeError, OSError, MissingDependencyError):
+        raise
+    except Exception as exc:
+        raise InputError(f"{what} raised {type(exc).__name__}: {exc} ({hint})") from exc
+
+
 def _sketch_command(args: argparse.Namespace) -> int:
     from .gradients import sketch_gradients
 
-    produced = _load_task(args.task)()
+    with _task_code(f"--task {args.task}", "call it in Python for the traceback"):
+        produced = _load_task(args.task)()
     if not isinstance(produced, (tuple, list)) or len(produced) != 2:
         raise InputError(f"--task {args.task} must return (model, dataset)")
     model, data = produced
     params = args.params[0] if len(args.params) == 1 else args.params
-    result = sketch_gradients(
-        model,
-        data,
-        params=params,
-        sketch_dim=args.sketch_dim,
-        sketch=args.sketch,
-        seed=args.seed,
-        target=args.target,
-        batch_size=args.batch_size,
-        device=args.device,
-        store=args.out,
-        shard_rows=args.shard_rows,
-        progress=False if args.quiet else None,
-    )
+    with _task_code(
+        f"the model or dataset of --task {args.task}",
+        "the store keeps every complete shard: fix the task and rerun to resume",
+    ):
+        result = sketch_gradients(
+            model,
+            data,
+            params=params,
+            sketch_dim=args.sketch_dim,
+            sketch=args.sketch,
+            seed=args.seed,
+            target=args.target,
+            batch_size=args.batch_size,
+            device=args.device,
+            store=args.out,
+            shard_rows=args.shard_rows,
+            progress=False if args.quiet else None,
+        )
     if not args.quiet:
         meta = result.metadata
         sys.stderr.write(
@@ -370,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo, run_real_demo
 
         return run_demo(quick=args.quick) if args.synthetic else run_real_demo()
-    except (InputError, ValueError, TypeError, FileNotFoundError, MissingDependencyError) as exc:
+    except (InputError, ValueError, TypeError, OSError, MissingDependencyError) as exc:
         sys.stderr.write(f"skmm: error: {exc}\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:

@@ -8,7 +8,10 @@ which keeps memory-mapped pools larger than RAM usable.
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,10 +19,71 @@ import numpy as np
 import torch
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+SMALLEST_SCALE = 1e-12
+"""Inputs whose largest absolute value is below this (but not zero) are refused: the probe's
+standardization treats such columns as constant and float32 squared distances underflow."""
+MEMORY_ENV = "SKMM_MAX_MEMORY"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
 class MissingDependencyError(ImportError):
     """An optional package a feature needs is not installed; the message says what to install."""
+
+
+class MemoryLimitError(ValueError):
+    """A request that would need more memory than allowed, refused before allocating anything."""
+
+
+def format_bytes(count: float) -> str:
+    """A byte count for people: '512 B', '3.0 MiB', '1.5 TiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def memory_limit(device: torch.device | None = None) -> int | None:
+    """Bytes one request may allocate: ``SKMM_MAX_MEMORY`` if set (e.g. ``8G``, ``512M`` or a
+    byte count), else the memory of a CUDA ``device`` or the machine's physical memory; None
+    where neither is known."""
+    text = os.environ.get(MEMORY_ENV)
+    if text:
+        match = _SIZE.match(text)
+        if not match:
+            raise ValueError(
+                f"{MEMORY_ENV}={text!r} is not a size; use a byte count or e.g. 512M, 8G, 1T"
+            )
+        power = " KMGT".index(match.group(2).upper() or " ")
+        return int(float(match.group(1)) * 1024**power)
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(
+    nbytes: int, what: str, alternative: str, device: torch.device | None = None
+) -> None:
+    """Refuse up front (:class:`MemoryLimitError`) when ``what`` needs more than the limit.
+
+    The message gives the size needed, the limit and where it comes from, and
+    ``alternative``: the streaming or smaller way to get the result.
+    """
+    limit = memory_limit(device)
+    if limit is None or nbytes <= limit:
+        return
+    if os.environ.get(MEMORY_ENV):
+        source = f"{MEMORY_ENV}={os.environ[MEMORY_ENV]}"
+    else:
+        where = "the GPU's" if device is not None and device.type == "cuda" else "this machine's"
+        source = f"{where} memory; set {MEMORY_ENV} to change the limit"
+    raise MemoryLimitError(
+        f"{what} needs {format_bytes(nbytes)} of memory, more than the limit of "
+        f"{format_bytes(limit)} ({source}); {alternative}"
+    )
 
 
 def resolve_device(device: str | torch.device | None, like: object = None) -> torch.device:
@@ -155,8 +219,11 @@ class FeatureMatrix:
         """
         block = self.source[start:stop]
         if isinstance(block, np.ndarray):
-            writable = block.flags.writeable and block.dtype.isnative
-            block = torch.from_numpy(block if writable else np.array(block, copy=True))
+            if not block.dtype.isnative:
+                block = block.astype(block.dtype.newbyteorder("="))
+            elif not block.flags.writeable:
+                block = np.array(block, copy=True)
+            block = torch.from_numpy(block)
         block = block.to(device=self.device, dtype=self.compute_dtype)
         if not self.checked:
             _check_finite_tensor(block, self.name, offset=start)
@@ -175,16 +242,40 @@ class FeatureMatrix:
         return self.rows(0, self.n_rows)
 
 
-def _check_finite_tensor(tensor: torch.Tensor, name: str, offset: int = 0) -> None:
-    if tensor.dtype.is_floating_point:
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero()[0].tolist()
-            value = tensor[tuple(bad)].item()
-            raise ValueError(
-                f"{name} contains non-finite values (first: {value} at row {bad[0] + offset}, "
-                f"column {bad[1]}); remove or impute them"
-            )
+def largest_magnitude(dtype: torch.dtype) -> float:
+    """The largest |x| accepted in compute dtype ``dtype``: 10⁻⁴·√max, so that squared norms
+    and distances of rows with up to 10⁸ columns stay finite (about 1.8e15 for float32)."""
+    return math.sqrt(torch.finfo(dtype).max) * 1e-4
+
+
+def _check_finite_tensor(tensor: torch.Tensor, name: str, offset: int = 0) -> float:
+    """The largest |x| of ``tensor``; ValueError naming the count and first position of NaN/Inf
+    values, or of values too large for the compute dtype (:func:`largest_magnitude`)."""
+    if not tensor.dtype.is_floating_point or tensor.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(tensor)
+    largest = max(-float(low), float(high))
+    if not math.isfinite(largest):
+        bad = (~torch.isfinite(tensor)).nonzero()
+        first = bad[0].tolist()
+        value = tensor[tuple(first)].item()
+        raise ValueError(
+            f"{name} contains non-finite values: {bad.shape[0]} NaN/Inf in rows "
+            f"[{offset}, {offset + tensor.shape[0]}) (first: {value} at row {first[0] + offset}, "
+            f"column {first[1]}); remove or impute them"
+        )
+    limit = largest_magnitude(tensor.dtype)
+    if largest > limit:
+        first = (tensor.abs() > limit).nonzero()[0].tolist()
+        value = tensor[tuple(first)].item()
+        raise ValueError(
+            f"{name} holds values too large for {str(tensor.dtype).removeprefix('torch.')} "
+            f"arithmetic (first: {value:.3g} at row {first[0] + offset}, column {first[1]}; "
+            f"squared distances overflow above {limit:.2g}); rescale the features, e.g. divide "
+            "them by their largest absolute value (with default options, selections do not "
+            "depend on a global scale)"
+        )
+    return largest
 
 
 def as_feature_matrix(
@@ -244,11 +335,20 @@ def as_feature_matrix(
     src_dtype = source.dtype
     is_double = src_dtype in (np.float64, torch.float64)
     compute_dtype = torch.float64 if is_double else torch.float32
-    matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=False)
-    if not isinstance(source, np.memmap):
-        for _ in matrix.chunks():
-            pass
-        matrix.checked = True
+    memory_mapped = isinstance(source, np.memmap)
+    matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=not memory_mapped)
+    if not memory_mapped:
+        largest = 0.0
+        for start, rows in matrix.chunks():
+            largest = max(largest, _check_finite_tensor(rows, name, offset=start))
+        if 0.0 < largest < SMALLEST_SCALE:
+            raise ValueError(
+                f"{name} is too small in scale: its largest absolute value is {largest:.3g}, "
+                f"below {SMALLEST_SCALE:g}, where the probe's standardization and float32 "
+                "squared distances lose it; multiply the features by a constant such as "
+                f"{1 / largest:.3g} (with default options, selections do not depend on a global "
+                "scale)"
+            )
     return matrix
 
 

@@ -22,6 +22,7 @@ import numpy as np
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTOCOL_MARK = b"\x80"
+BINARY_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".pkl", ".pickle", ".bin")
 
 
 @contextlib.contextmanager
@@ -124,6 +125,11 @@ def load_array(
             from safetensors.numpy import load_file
 
             return _pick(load_file(str(path)), key, path)
+        if path.suffix.lower() in BINARY_SUFFIXES:
+            raise ValueError(
+                f"{path} is named {path.suffix} but is not a {path.suffix} file: it lacks the "
+                "format's magic bytes (corrupt, or another format renamed)"
+            )
         if key is not None:
             raise ValueError(f"{path} is a text file; it has no key {key!r}")
         return _load_text(path)
@@ -160,12 +166,16 @@ def _pick(arrays: dict[str, np.ndarray], key: str | None, path: Path) -> np.ndar
 
 def _load_text(path: Path) -> np.ndarray:
     """Whitespace- or comma-separated values: one per line gives 1-D (labels), more a table."""
+    data = path.read_bytes()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = None if b"\x00" in data else data.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None:
         raise ValueError(
             f"{path} is not a recognized array format (.npy, .npz, .safetensors or text)"
-        ) from None
+        )
+    lines = text.splitlines()
     rows = [line.replace(",", " ").split() for line in lines if line.strip()]
     if not rows:
         raise ValueError(f"{path} holds no values")

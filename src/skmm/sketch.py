@@ -19,7 +19,13 @@ import warnings
 import numpy as np
 import torch
 
-from .inputs import FeatureMatrix, as_feature_matrix, check_choice, check_positive_int
+from .inputs import (
+    FeatureMatrix,
+    as_feature_matrix,
+    check_choice,
+    check_memory,
+    check_positive_int,
+)
 from .progress import progress_bar
 from .seeding import SEED_MAX, derive_seed
 
@@ -220,6 +226,15 @@ def sketch_features(
         batch_size = features.default_chunk_rows()
     batch_size = check_positive_int(batch_size, "batch_size")
     batch_size = math.ceil(batch_size / TILE_ROWS) * TILE_ROWS
+    itemsize = torch.empty((), dtype=features.compute_dtype).element_size()
+    check_memory(
+        features.n_rows * sketch_dim * itemsize,
+        f"the ({features.n_rows}, {sketch_dim}) sketch",
+        "use a smaller sketch_dim, or sketch row ranges separately and write each to disk "
+        "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch when a "
+        "is a multiple of 128)",
+        features.device,
+    )
     sketch_map = SketchMap(
         features.n_cols,
         sketch_dim,

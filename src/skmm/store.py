@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .inputs import check_memory
 from .io import atomic_write, read_json, write_json
 
 STORE_VERSION = 1
@@ -230,6 +231,11 @@ class SketchStore:
 
     def features(self) -> np.ndarray:
         """The (N, m) float32 matrix, shards concatenated in order (checksums verified again)."""
+        check_memory(
+            self.rows_done * self.sketch_dim * _FEATURE_DTYPE.itemsize,
+            f"reading the ({self.rows_done}, {self.sketch_dim}) sketch of store {self.path}",
+            "sketch again into a new store with a smaller --sketch-dim",
+        )
         out = np.empty((self.rows_done, self.sketch_dim), dtype=np.float32)
         for shard in self._shards:
             out[shard["start"] : shard["start"] + shard["rows"]] = self._read_features(shard)
@@ -535,6 +541,8 @@ def _read_npy(
     directory: Path, name: str, sha256: str, shape: tuple[int, ...], dtype: np.dtype
 ) -> np.ndarray:
     """Read one shard file, checking its sha256, then its shape and dtype; never unpickles."""
+    if (directory / name).is_symlink():
+        raise StoreError(f"store {directory}: {name} is a symbolic link; a store holds plain files")
     try:
         data = (directory / name).read_bytes()
     except FileNotFoundError:

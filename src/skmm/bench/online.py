@@ -92,7 +92,7 @@ def load_clip(source: str = CLIP_MODEL) -> tuple[Any, nn.Module]:
     from transformers import AutoImageProcessor, CLIPModel
 
     processor = _hub_call(f"image processor {source}", AutoImageProcessor.from_pretrained, source)
-    model = _hub_call(f"model {source}", CLIPModel.from_pretrained, source)
+    model = _hub_call(f"model {source}", CLIPModel.from_pretrained, source, use_safetensors=True)
     return processor, model.eval()
 
 
@@ -101,7 +101,7 @@ def load_resnet(source: str = RESNET_MODEL) -> tuple[Any, nn.Module]:
     from transformers import AutoImageProcessor, ResNetModel
 
     processor = _hub_call(f"image processor {source}", AutoImageProcessor.from_pretrained, source)
-    model = _hub_call(f"model {source}", ResNetModel.from_pretrained, source)
+    model = _hub_call(f"model {source}", ResNetModel.from_pretrained, source, use_safetensors=True)
     return processor, model.eval()
 
 

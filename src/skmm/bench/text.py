@@ -78,6 +78,7 @@ def load_minilm(attn_implementation: str = "eager") -> tuple[Any, nn.Module]:
     encoder = AutoModel.from_pretrained(
         path,
         local_files_only=True,
+        use_safetensors=True,
         add_pooling_layer=False,
         attn_implementation=attn_implementation,
     )

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import check_choice, check_positive_int, resolve_device
+from ..inputs import check_choice, check_memory, check_positive_int, resolve_device
 from ..progress import progress_bar
 from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
 from ..store import SketchStore
@@ -82,6 +82,13 @@ def sketch_gradients(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(device, next(model.parameters(), None))
+    n_rows = dataset_length(data)
+    if n_rows is not None:
+        check_memory(
+            n_rows * sketch_dim * 4,
+            f"the ({n_rows}, {sketch_dim}) float32 sketch of the gradients",
+            "use a smaller sketch_dim (selecting reads the whole sketch)",
+        )
     chosen = resolve_params(model, params)
     was_training = model.training
     try:

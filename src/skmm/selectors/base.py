@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels
+from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels, check_memory
 from ..seeding import derive_seed, resolve_seed
 from ..selection import Selection
 
@@ -88,6 +88,18 @@ class Selector:
     def _check_params(self, n_pool: int, n_cols: int) -> None:
         """Validate method-specific parameters; raise ValueError/TypeError naming the problem."""
 
+    def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
+        """Bytes of the largest arrays the method allocates; default: the features as a tensor."""
+        return n_pool * n_cols * itemsize
+
+    def _memory_advice(self) -> str:
+        """What to do instead when :meth:`_memory_bytes` exceeds the memory limit."""
+        return (
+            "sketch the features first and select from the sketch (skmm.sketch(features, 512) "
+            "streams a memory-mapped file in chunks), or use method='skmm', which sketches as "
+            "it reads"
+        )
+
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
     ) -> tuple[Any, dict[str, Any]]:
@@ -130,6 +142,13 @@ class Selector:
             raise ValueError(f"method {self.name!r} needs labels: pass labels=... (one per row)")
         budgets = class_budgets(self.stratify, n, classes, codes)
         self._check_params(n_pool, matrix.n_cols)
+        itemsize = torch.empty((), dtype=matrix.compute_dtype).element_size()
+        check_memory(
+            self._memory_bytes(n_pool, matrix.n_cols, n, itemsize),
+            f"method {self.name!r} on {n_pool} × {matrix.n_cols} features",
+            self._memory_advice(),
+            matrix.device,
+        )
         prepare_began = time.perf_counter()
         data, info = self._prepare(matrix, codes, seed)
         timings = {**info.pop("timings", {}), "prepare": time.perf_counter() - prepare_began}

@@ -358,6 +358,16 @@ class RidgeLeverage(Selector):
                 f"matrix ({gib:.1f} GiB); use {advice}"
             )
 
+    def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
+        """The features, or their (N, sketch_dim) sketch when ``sketched``."""
+        width = min(n_cols, self.sketch_dim) if self.sketched else n_cols
+        return n_pool * width * itemsize
+
+    def _memory_advice(self) -> str:
+        if self.sketched:
+            return "use a smaller sketch_dim (the sketch of the whole pool is held in memory)"
+        return "use sketched=True, which streams the features through a sketch"
+
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:

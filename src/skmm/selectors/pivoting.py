@@ -270,6 +270,17 @@ class Adaptive(Selector):
                 )
         check_positive_int(self.block_size, "block_size")
 
+    def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
+        """The features as a tensor and the float64 Cholesky factor F (n × N)."""
+        return n_pool * n_cols * itemsize + n * n_pool * 8
+
+    def _memory_advice(self) -> str:
+        return (
+            "its Cholesky factor holds n × N float64 values: select fewer rows, run it on a "
+            "random part of the pool, or use a method with O(N) extra memory such as "
+            "'kcenter' or 'skmm'"
+        )
+
     def _select(self, data: torch.Tensor, n: int, seed: int) -> MethodOutput:
         rng = numpy_rng(seed, "adaptive")
         bandwidth = None

@@ -131,6 +131,16 @@ class SkMM(Selector):
                 "(sketch='sparse_sign', sketch_dim=512)"
             )
 
+    def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
+        """The (N, m) sketch, or the (N, r) features when they are not sketched."""
+        unsketched = self.sketch == "none" or n_cols <= self.sketch_dim
+        return n_pool * (n_cols if unsketched else self.sketch_dim) * itemsize
+
+    def _memory_advice(self) -> str:
+        if self.sketch == "none":
+            return "sketch the features instead (sketch='gaussian', sketch_dim=256)"
+        return "use a smaller sketch_dim (the sketch of the whole pool is held in memory)"
+
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:
