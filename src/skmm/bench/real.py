@@ -54,7 +54,7 @@ TASKS = ("food-reviews", "fashion-mnist", "stanford-cars")
 PROTOCOLS = ("linear", "finetune")
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DEMO_METHODS = ("skmm", "uniform", "kcenter", "adaptive")
-PENALTY_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+PENALTY_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 FINETUNE = {
     "food-reviews": {"steps": 150, "batch_size": 16, "lr_body": 5e-5, "lr_head": 2e-3},
     "fashion-mnist": {"steps": 300, "batch_size": 32, "lr_body": 1e-4, "lr_head": 3e-3},
