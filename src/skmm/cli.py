@@ -162,6 +162,11 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="finetune with the task's default learning rates instead of tuning them",
     )
+    real.add_argument(
+        "--stratify",
+        action="store_true",
+        help="every method selects with class-proportional budgets (stratify=True)",
+    )
     real.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
     real.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -368,6 +373,7 @@ def _real_command(args: argparse.Namespace) -> int:
         "max_length": quick.get("max_length", args.max_length),
         "image_size": quick.get("image_size", args.image_size),
         "tune": not args.no_tune,
+        "stratify": args.stratify,
         "sources": {
             name: value
             for name in ("dataset", "linear_model", "finetune_model")

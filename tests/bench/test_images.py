@@ -124,3 +124,9 @@ def test_quick_fashion_mnist_end_to_end(tmp_path):
         assert stored["embedding"].shape == (QUICK["limit_train"], 1280)
     again, _ = real_report(tmp_path / "again", "fashion-mnist", **options)
     assert again.split("\n", 2)[2] == markdown.split("\n", 2)[2]
+    # class-proportional budgets are a setting of their own (another journal)
+    stratified = {**options, "protocols": ("linear",), "methods": ("uniform",), "stratify": True}
+    header = real_report(tmp_path / "stratified", "fashion-mnist", **stratified)[0]
+    assert "class-proportional budgets (stratify)" in header.split("\n")[0]
+    with pytest.raises(ValueError, match="other settings"):
+        real_report(tmp_path / "stratified", "fashion-mnist", **{**stratified, "stratify": False})

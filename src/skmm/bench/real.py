@@ -464,6 +464,7 @@ def run_real(
     limit_test: int | None = None,
     finetune_steps: int | None = None,
     tune: bool = True,
+    stratify: bool = False,
     journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
@@ -472,9 +473,11 @@ def run_real(
     ``sources``: for stanford-cars, hub ids or local directories of ``dataset``,
     ``linear_model`` and ``finetune_model`` (:mod:`skmm.bench.online`). ``tune``: choose
     the finetuning learning rates with :func:`tune_finetune` (else the task's defaults in
-    :data:`FINETUNE`). ``journal``: a CSV rewritten atomically after
-    every run, next to a JSON of the settings; a rerun with the same settings keeps the
-    runs it holds and does only the missing ones, so an interruption loses at most one run.
+    :data:`FINETUNE`). ``stratify``: every method selects with class-proportional budgets
+    (its ``stratify=True`` option) instead of over the whole pool. ``journal``: a CSV
+    rewritten atomically after every run, next to a JSON of the settings; a rerun with the
+    same settings keeps the runs it holds and does only the missing ones, so an
+    interruption loses at most one run.
     """
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
@@ -500,6 +503,8 @@ def run_real(
         raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
     hyper = {**task.finetune, "steps": finetune_steps or task.finetune["steps"]}
     settings: dict[str, Any] = {"task": task_name, **task.settings}
+    if stratify:
+        settings["stratify"] = True
     penalties: dict[str, float] = {}
     if "linear" in protocols:
         penalties = tune_linear(task, budgets, cache)
@@ -522,7 +527,9 @@ def run_real(
                     runs.append(done[key])
                 else:
                     runs.append(
-                        _one_run((protocol, method, n, seed), features, task, hyper, penalties)
+                        _one_run(
+                            (protocol, method, n, seed), features, task, hyper, penalties, stratify
+                        )
                     )
                     if journal is not None:
                         write_runs_csv(runs, Path(journal))
@@ -583,11 +590,13 @@ def _one_run(
     task: PreparedTask,
     hyper: dict[str, Any],
     penalties: dict[str, float],
+    stratify: bool,
 ) -> RealRun:
     protocol, method, n, seed = key
     train, test = task.train, task.test
     began = time.perf_counter()
-    selection = select(features, n, method, labels=train.labels, random_state=seed)
+    options = {"stratify": True} if stratify else {}
+    selection = select(features, n, method, labels=train.labels, random_state=seed, **options)
     select_seconds = time.perf_counter() - began
     rows = selection.indices
     began = time.perf_counter()
@@ -730,8 +739,10 @@ def real_report(
     summaries = summarize_real(runs)
     seconds = time.perf_counter() - began
     protocols = ", ".join(dict.fromkeys(run.protocol for run in runs))
+    stratified = "; class-proportional budgets (stratify)" if options.get("stratify") else ""
     header = (
-        f"Real benchmark {task_name}: protocols {protocols}; {summaries[0].seeds} seed(s); "
+        f"Real benchmark {task_name}{stratified}: protocols {protocols}; "
+        f"{summaries[0].seeds} seed(s); "
         f"{seconds:.0f} s.{_finetune_line(read_json(out / 'runs.settings.json'))}\n\n"
     )
     markdown = header + real_markdown(summaries)
