@@ -707,7 +707,15 @@ def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     protocols = list(dict.fromkeys(s.protocol for s in summaries))
-    figure, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.5), squeeze=False)
+    methods = list(dict.fromkeys(s.method for s in summaries))
+    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    styles = {
+        m: ("-", "--", ":")[i // 10 % 3] if len(methods) > 10 else "-"
+        for i, m in enumerate(methods)
+    }
+    figure, axes = plt.subplots(
+        1, len(protocols), figsize=(6 * len(protocols) + 2.5, 4.5), squeeze=False
+    )
     for axis, protocol in zip(axes[0], protocols, strict=True):
         rows = [s for s in summaries if s.protocol == protocol]
         for method in dict.fromkeys(s.method for s in rows):
@@ -715,15 +723,24 @@ def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
                 (s.n, s.accuracy_mean, s.accuracy_std) for s in rows if s.method == method
             )
             n, mean, std = (np.array(column) for column in zip(*points, strict=True))
-            width = 2.5 if method == "skmm" else 1.2
-            axis.plot(n, mean, marker="o", linewidth=width, label=method)
-            axis.fill_between(n, mean - std, mean + std, alpha=0.12)
+            width = 2.8 if method == "skmm" else 1.2
+            axis.plot(
+                n,
+                mean,
+                marker="o",
+                linewidth=width,
+                linestyle=styles[method],
+                color="black" if method == "skmm" else colors[method],
+                label=method,
+            )
+            axis.fill_between(n, mean - std, mean + std, alpha=0.1, color=colors[method])
         axis.set_xscale("log")
         axis.set_xlabel("coreset size n")
         axis.set_ylabel("test accuracy")
         axis.set_title(f"{title}: {protocol}")
-        axis.legend(fontsize=8, ncol=2)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center right", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1 - 2.3 / figure.get_figwidth(), 1))
     with atomic_write(path) as stream:
         figure.savefig(stream, format="png", dpi=110)
     plt.close(figure)
