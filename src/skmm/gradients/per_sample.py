@@ -20,6 +20,7 @@ frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -29,8 +30,10 @@ from torch.func import functional_call, grad, vmap
 
 from ..seeding import derive_seed
 from .batches import Batch
+from .hooks import HookedGradients, find_owners
 
 TARGETS = ("jacobian", "loss", "loss_random")
+ENGINES = ("auto", "hooks", "vmap")
 RANDOM_BLOCK_ROWS = 4096
 
 
@@ -92,7 +95,12 @@ def _per_row_draw(
 
 
 def check_finite_rows(rows: torch.Tensor, start: int) -> torch.Tensor:
-    """``rows`` unchanged, or a ValueError naming the first examples with NaN/Inf gradients."""
+    """``rows`` unchanged, or a ValueError naming the first examples with NaN/Inf gradients.
+
+    One min/max pass decides (NaN propagates through it); rows are searched only on failure.
+    """
+    if rows.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(rows))).all()):
+        return rows
     bad = (~torch.isfinite(rows)).any(dim=1)
     if bool(bad.any()):
         examples = (torch.nonzero(bad).flatten()[:5] + start).tolist()
@@ -134,6 +142,7 @@ class GradientComputer:
         target: str,
         seed: int,
         device: torch.device,
+        engine: str = "auto",
     ) -> None:
         self.model = model.to(device).eval()
         self.target = target
@@ -151,6 +160,22 @@ class GradientComputer:
         self.hf_model = is_hugging_face_model(model)
         self._width: int | None = None
         self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
+        owners = None if engine == "vmap" else find_owners(model, self.names)
+        if engine == "hooks" and owners is None:
+            raise ValueError(
+                "per_sample='hooks' needs every chosen parameter to be the weight or bias of an "
+                "nn.Linear, nn.Conv2d (groups=1), nn.LayerNorm or eval-mode nn.BatchNorm*d "
+                "that owns it alone; use per_sample='auto' or 'vmap'"
+            )
+        self.hooks = None if owners is None else HookedGradients(owners, self.names)
+        self._verified = False
+
+    @property
+    def engine(self) -> str:
+        """How gradients are computed now: "closed form", "hooks" or "vmap"."""
+        if self.closed_form:
+            return "closed form"
+        return "hooks" if self.hooks is not None else "vmap"
 
     def __call__(self, batch: Batch, start: int) -> torch.Tensor:
         """Gradients of rows [start, start + B) of the pool, float32 (B, r)."""
@@ -165,15 +190,81 @@ class GradientComputer:
                 self._width = self._forward(batch.rows(0, 1).inputs)[0].numel()
         aux = self._aux(batch, start, self._width or 0)
         labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
-        grads = self._per_example(self.params, batch.inputs, labels.to(self.device), aux)
+        labels = labels.to(self.device)
+        grads = self._hooked(batch, labels, aux) if self.hooks is not None else None
+        if grads is None:
+            grads = self._per_example(self.params, batch.inputs, labels, aux)
         rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
         return check_finite_rows(rows, start)
 
+    def _hooked(
+        self, batch: Batch, labels: torch.Tensor, aux: torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
+        """Gradients from one batched backward (:mod:`.hooks`), or None to use vmap.
+
+        The first batch is checked against vmap on its first two examples; a mismatch (a
+        layer whose input is not laid out batch-first, say) switches to vmap for good.
+        """
+        leaves = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
+        state = {**self.frozen, **leaves}
+
+        def run() -> torch.Tensor:
+            with torch.enable_grad():
+                outputs = model_outputs(self._call(state, batch.inputs))
+                return self._batch_value(outputs.reshape(batch.size, -1), labels, aux)
+
+        grads = self.hooks(run, batch.size)
+        if grads is None:
+            self.hooks = None
+            return None
+        if not self._verified:
+            count = min(2, batch.size)
+            head = batch.rows(0, count)
+            reference = self._per_example(self.params, head.inputs, labels[:count], aux[:count])
+            agree = all(
+                torch.allclose(grads[name][:count], reference[name], rtol=1e-3, atol=1e-6)
+                or torch.allclose(
+                    grads[name][:count],
+                    reference[name],
+                    rtol=0.0,
+                    atol=1e-3 * float(reference[name].abs().max()),
+                )
+                for name in self.names
+            )
+            self._verified = True
+            if not agree:
+                warnings.warn(
+                    "per-sample gradients from hooks disagree with vmap on this model (a layer "
+                    "whose input is not batch-first?); using vmap",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self.hooks = None
+                return None
+        return grads
+
+    def _batch_value(
+        self, outputs: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_i f_i over the batch, f_i as in :meth:`_example_value`; outputs are (B, K)."""
+        if self.target == "jacobian":
+            return (outputs * aux).sum()
+        if self.target == "loss_random":
+            return F.cross_entropy(outputs, aux, reduction="sum")
+        if labels.is_floating_point():
+            return 0.5 * (outputs - labels.reshape(outputs.shape[0], -1)).square().sum()
+        return F.cross_entropy(outputs, labels, reduction="sum")
+
     def _forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        state = {**self.frozen, **self.params}
+        return model_outputs(self._call({**self.frozen, **self.params}, inputs))
+
+    def _call(
+        self, state: dict[str, torch.Tensor], inputs: torch.Tensor | dict[str, torch.Tensor]
+    ) -> object:
+        """The model's forward with ``state`` as its parameters and buffers."""
         if isinstance(inputs, dict):
-            return model_outputs(functional_call(self.model, state, (), self._kwargs(inputs)))
-        return model_outputs(functional_call(self.model, state, (inputs,)))
+            return functional_call(self.model, state, (), self._kwargs(inputs))
+        return functional_call(self.model, state, (inputs,))
 
     def _kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = inputs.get("attention_mask")

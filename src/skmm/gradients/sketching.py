@@ -27,7 +27,7 @@ from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
 from ..store import SketchStore
 from .batches import dataset_length, iterate_batches
 from .params import resolve_params
-from .per_sample import TARGETS, GradientComputer
+from .per_sample import ENGINES, TARGETS, GradientComputer
 
 
 @dataclass
@@ -61,6 +61,7 @@ def sketch_gradients(
     device: str | torch.device | None = None,
     store: str | os.PathLike[str] | None = None,
     shard_rows: int = 4096,
+    per_sample: str = "auto",
     progress: bool | None = None,
 ) -> GradientSketch:
     """Sketched per-sample gradients G̃ = GΓ (N × m) of ``params`` of ``model`` over ``data``.
@@ -68,7 +69,10 @@ def sketch_gradients(
     ``data``: a torch Dataset, a DataLoader (not shuffling) or an iterable of batches
     (:mod:`skmm.gradients.batches`). ``target``: "jacobian", "loss" or "loss_random"
     (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
-    sketch in; the result's features are then read back from it. Rows are processed in
+    sketch in; the result's features are then read back from it. ``per_sample``: "auto"
+    (one batched backward with hooks when every chosen parameter belongs to a supported
+    layer, :mod:`skmm.gradients.hooks`, else vmap), "hooks" (an error when unsupported) or
+    "vmap"; both give the same gradients to float32 rounding. Rows are processed in
     micro-batches that start at multiples of ``batch_size`` and shards hold a multiple of it
     (``shard_rows`` is rounded up), so the same request gives bit-identical results with or
     without a store, interrupted or not; another ``batch_size`` agrees to float32 rounding.
@@ -76,6 +80,7 @@ def sketch_gradients(
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
     sketch = check_choice(sketch, "sketch", SKETCH_KINDS)
     target = check_choice(target, "target", TARGETS)
+    per_sample = check_choice(per_sample, "per_sample", ENGINES)
     seed = _check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
     shard_rows = -(-check_positive_int(shard_rows, "shard_rows") // batch_size) * batch_size
@@ -85,7 +90,7 @@ def sketch_gradients(
     chosen = resolve_params(model, params)
     was_training = model.training
     try:
-        computer = GradientComputer(model, chosen, target, seed, device)
+        computer = GradientComputer(model, chosen, target, seed, device, per_sample)
         sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
         identity = {
             "model_fingerprint": model_fingerprint(model),
@@ -149,7 +154,7 @@ def _stream(
         raise ValueError("data yielded no rows")
     if n_rows is not None and not done and row != n_rows:
         raise ValueError(f"data yielded {row} rows but reports a length of {n_rows}")
-    metadata = {**identity, "n_rows": row}
+    metadata = {**identity, "n_rows": row, "per_sample": computer.engine}
     if writer is None:
         stacked = np.concatenate(features)
         all_labels = np.concatenate(labels) if labels and len(labels) == len(features) else None
