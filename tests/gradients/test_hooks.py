@@ -213,3 +213,72 @@ def test_unsupported_parameters_use_vmap_and_hooks_on_request_is_an_error(model,
     assert computer.engine == "vmap"
     with pytest.raises(ValueError, match="per_sample='hooks'"):
         GradientComputer(model, chosen, "jacobian", 0, torch.device("cpu"), "hooks")
+
+
+def test_kronecker_factors():
+    from skmm.gradients.structured import kronecker_factors
+
+    assert kronecker_factors(256) == (16, 16)
+    assert kronecker_factors(512) == (16, 32)
+    assert kronecker_factors(7) == (1, 7)
+
+
+def test_kronecker_sketch_preserves_inner_products_in_expectation():
+    from skmm.gradients.structured import KroneckerSketch
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"weight": torch.Size([6, 5]), "bias": torch.Size([6]), "conv": (3, 2, 2, 2)}
+    first = {name: torch.randn(1, *shape, generator=gen) for name, shape in shapes.items()}
+    second = {
+        name: value + 0.5 * torch.randn(value.shape, generator=gen) for name, value in first.items()
+    }
+    exact = sum(float((first[n] * second[n]).sum()) for n in shapes)
+    norm = sum(float(first[n].square().sum()) for n in shapes)
+    products, norms = [], []
+    for seed in range(600):
+        maps = KroneckerSketch(shapes, 12, seed, torch.device("cpu"), torch.float64)
+        a = maps.of_gradients({n: v.double() for n, v in first.items()})
+        b = maps.of_gradients({n: v.double() for n, v in second.items()})
+        products.append(float((a * b).sum()))
+        norms.append(float(a.square().sum()))
+    for values, target in ((products, exact), (norms, norm)):
+        values = np.array(values)
+        assert abs(values.mean() - target) < 4 * values.std() / np.sqrt(values.size)
+
+
+@pytest.mark.parametrize("target", ["jacobian", "loss"])
+def test_kronecker_sketch_from_factors_equals_sketch_of_formed_gradients(target):
+    model, data = small_cnn(), image_data(rows=37)
+    model[1].running_mean.uniform_(-0.5, 0.5)
+    runs = {
+        engine: sketch_gradients(
+            model, data, sketch_dim=24, sketch="kronecker", target=target, per_sample=engine
+        )
+        for engine in ("hooks", "vmap")
+    }
+    assert runs["hooks"].metadata["per_sample"] == "hooks"
+    assert runs["hooks"].metadata["sketch"] == "kronecker"
+    scale = np.abs(runs["vmap"].features).max()
+    np.testing.assert_allclose(
+        runs["hooks"].features, runs["vmap"].features, rtol=1e-5, atol=1e-5 * scale
+    )
+    tokens = sketch_gradients(
+        Tokens(),
+        token_data(),
+        sketch_dim=16,
+        sketch="kronecker",
+        params=["up.*", "down.*", "head.*"],
+        target=target,
+        batch_size=8,
+    )
+    formed = sketch_gradients(
+        Tokens(),
+        token_data(),
+        sketch_dim=16,
+        sketch="kronecker",
+        params=["up.*", "down.*", "head.*"],
+        target=target,
+        batch_size=8,
+        per_sample="vmap",
+    )
+    np.testing.assert_allclose(tokens.features, formed.features, rtol=1e-5, atol=1e-6)

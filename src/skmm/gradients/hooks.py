@@ -123,6 +123,22 @@ class HookedGradients:
 
         None when a check fails (see the module docstring); the caller then uses vmap.
         """
+        parts = self.contributions(run, batch_size, factored=False)
+        if parts is None:
+            return None
+        grads: dict[str, torch.Tensor] = {}
+        for name, value in parts:
+            grads[name] = grads[name] + value if name in grads else value
+        return grads
+
+    def contributions(
+        self, run: Callable[[], torch.Tensor], batch_size: int, factored: bool
+    ) -> list[tuple[str, torch.Tensor | Factors]] | None:
+        """(name, per-sample gradient) for every call of every hooked layer, to be summed.
+
+        With ``factored``, a Linear or Conv2d weight comes as :class:`Factors` (g, x) of
+        Σ_t g_t x_tᵀ instead of the (B, p, q) gradient itself.
+        """
         calls: list[_Call] = []
         handles = [
             owner.module.register_forward_hook(self._recorder(calls)) for owner in self.owners
@@ -141,16 +157,14 @@ class HookedGradients:
             if call.inputs.shape[0] != batch_size or call.output.shape[0] != batch_size:
                 return None
         backprops = torch.autograd.grad(total, [call.output for call in calls], allow_unused=True)
-        grads: dict[str, torch.Tensor] = {}
+        parts: list[tuple[str, torch.Tensor | Factors]] = []
         for call, backprop in zip(calls, backprops, strict=True):
             owner = next(o for o in self.owners if o.module is call.module)
             if backprop is None:
                 backprop = torch.zeros_like(call.output)
-            for attribute, value in _per_sample(call.module, call.inputs, backprop).items():
-                name = owner.names.get(attribute)
-                if name is not None:
-                    grads[name] = grads[name] + value if name in grads else value
-        return grads
+            values = _per_sample(call.module, call.inputs, backprop, set(owner.names), factored)
+            parts.extend((owner.names[attribute], value) for attribute, value in values.items())
+        return parts
 
     @staticmethod
     def _recorder(calls: list[_Call]) -> Callable[..., torch.Tensor | None]:
@@ -168,54 +182,69 @@ class HookedGradients:
         return record
 
 
+@dataclass
+class Factors:
+    """A per-sample gradient Σ_t g_{i,t} x_{i,t}ᵀ kept as g (B, T, p) and x (B, T, q)."""
+
+    backprop: torch.Tensor
+    inputs: torch.Tensor
+
+
 def _per_sample(
-    module: nn.Module, inputs: torch.Tensor, backprop: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-sample gradients {"weight": (B, *W.shape), "bias": (B, *b.shape)} of one call."""
+    module: nn.Module,
+    inputs: torch.Tensor,
+    backprop: torch.Tensor,
+    wanted: set[str],
+    factored: bool,
+) -> dict[str, torch.Tensor | Factors]:
+    """Per-sample gradients {"weight": (B, *W.shape), "bias": (B, *b.shape)} of one call,
+    for the ``wanted`` attributes; with ``factored``, Linear and Conv2d weights as Factors."""
     batch = inputs.shape[0]
     inputs = inputs.detach()
-    if isinstance(module, nn.Linear):
-        flat_in, flat_out = _active_positions(
-            inputs.reshape(batch, -1, module.in_features),
-            backprop.reshape(batch, -1, module.out_features),
-        )
-        return {
-            "weight": torch.bmm(flat_out.transpose(1, 2), flat_in),
-            "bias": flat_out.sum(dim=1),
-        }
-    if isinstance(module, nn.Conv2d):
-        columns = F.unfold(
-            inputs,
-            module.kernel_size,
-            dilation=module.dilation,
-            padding=0 if module.padding == "valid" else module.padding,
-            stride=module.stride,
-        )
-        flat_out = backprop.reshape(batch, module.out_channels, -1)
-        weight = torch.bmm(flat_out, columns.transpose(1, 2))
-        return {
-            "weight": weight.reshape(batch, *module.weight.shape),
-            "bias": flat_out.sum(dim=2),
-        }
+    out: dict[str, torch.Tensor | Factors] = {}
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, nn.Linear):
+            flat_in, flat_out = _active_positions(
+                inputs.reshape(batch, -1, module.in_features),
+                backprop.reshape(batch, -1, module.out_features),
+            )
+        else:
+            columns = F.unfold(
+                inputs,
+                module.kernel_size,
+                dilation=module.dilation,
+                padding=0 if module.padding == "valid" else module.padding,
+                stride=module.stride,
+            )
+            flat_in = columns.transpose(1, 2)
+            flat_out = backprop.reshape(batch, module.out_channels, -1).transpose(1, 2)
+        if "weight" in wanted:
+            if factored:
+                out["weight"] = Factors(flat_out, flat_in)
+            else:
+                weight = torch.bmm(flat_out.transpose(1, 2), flat_in)
+                out["weight"] = weight.reshape(batch, *module.weight.shape)
+        if "bias" in wanted:
+            out["bias"] = flat_out.sum(dim=1)
+        return out
     if isinstance(module, nn.LayerNorm):
         dims = tuple(range(inputs.dim() - len(module.normalized_shape), inputs.dim()))
         mean = inputs.mean(dim=dims, keepdim=True)
         variance = inputs.var(dim=dims, unbiased=False, keepdim=True)
         normalized = (inputs - mean) * torch.rsqrt(variance + module.eps)
         shape = (batch, -1, *module.normalized_shape)
-        return {
-            "weight": (backprop * normalized).reshape(shape).sum(dim=1),
-            "bias": backprop.reshape(shape).sum(dim=1),
-        }
-    view = (1, -1) + (1,) * (inputs.dim() - 2)
-    normalized = (inputs - module.running_mean.reshape(view)) * torch.rsqrt(
-        module.running_var.reshape(view) + module.eps
-    )
-    channels = inputs.shape[1]
-    return {
-        "weight": (backprop * normalized).reshape(batch, channels, -1).sum(dim=2),
-        "bias": backprop.reshape(batch, channels, -1).sum(dim=2),
-    }
+    else:
+        view = (1, -1) + (1,) * (inputs.dim() - 2)
+        normalized = (inputs - module.running_mean.reshape(view)) * torch.rsqrt(
+            module.running_var.reshape(view) + module.eps
+        )
+        shape = (batch, inputs.shape[1], -1)
+    reduce = 1 if isinstance(module, nn.LayerNorm) else 2
+    if "weight" in wanted:
+        out["weight"] = (backprop * normalized).reshape(shape).sum(dim=reduce)
+    if "bias" in wanted:
+        out["bias"] = backprop.reshape(shape).sum(dim=reduce)
+    return out
 
 
 def _active_positions(

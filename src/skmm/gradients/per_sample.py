@@ -31,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 from ..seeding import derive_seed
 from .batches import Batch
 from .hooks import HookedGradients, find_owners
+from .structured import KroneckerSketch
 
 TARGETS = ("jacobian", "loss", "loss_random")
 ENGINES = ("auto", "hooks", "vmap")
@@ -180,30 +181,65 @@ class GradientComputer:
     def __call__(self, batch: Batch, start: int) -> torch.Tensor:
         """Gradients of rows [start, start + B) of the pool, float32 (B, r)."""
         batch = batch.to(self.device)
-        if self.target == "loss" and batch.labels is None:
-            raise ValueError("target='loss' needs labels; the data yields none")
         if self.closed_form:
-            with torch.no_grad():
-                return self._linear_head(batch, self._forward(batch.inputs), start)
-        if self._width is None and self.target != "loss":
-            with torch.no_grad():  # the number of outputs K, once, from one example
-                self._width = self._forward(batch.rows(0, 1).inputs)[0].numel()
-        aux = self._aux(batch, start, self._width or 0)
-        labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
-        labels = labels.to(self.device)
-        grads = self._hooked(batch, labels, aux) if self.hooks is not None else None
+            return self._closed_form(batch, start)
+        labels, aux = self._labels_and_aux(batch, start)
+        grads = self._hooked(batch, labels, aux, None) if self.hooks is not None else None
         if grads is None:
             grads = self._per_example(self.params, batch.inputs, labels, aux)
         rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
         return check_finite_rows(rows, start)
 
+    def sketched(self, batch: Batch, start: int, structured: KroneckerSketch) -> torch.Tensor:
+        """Kronecker sketches (B, m), float64, of the gradients of rows [start, start + B).
+
+        With hooks, Linear and Conv2d weight gradients are sketched from their factors and
+        never formed (:mod:`.structured`); otherwise the gradients are formed and sketched.
+        """
+        batch = batch.to(self.device)
+        if self.closed_form:
+            rows = self._closed_form(batch, start)
+            sizes = [self.params[name].numel() for name in self.names]
+            parts = dict(zip(self.names, rows.split(sizes, dim=1), strict=True))
+            return structured.of_gradients(parts)
+        labels, aux = self._labels_and_aux(batch, start)
+        sketch = self._hooked(batch, labels, aux, structured) if self.hooks is not None else None
+        if sketch is None:
+            sketch = structured.of_gradients(
+                self._per_example(self.params, batch.inputs, labels, aux)
+            )
+        return check_finite_rows(sketch, start)
+
+    def _closed_form(self, batch: Batch, start: int) -> torch.Tensor:
+        if self.target == "loss" and batch.labels is None:
+            raise ValueError("target='loss' needs labels; the data yields none")
+        with torch.no_grad():
+            return self._linear_head(batch, self._forward(batch.inputs), start)
+
+    def _labels_and_aux(self, batch: Batch, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labels (zeros when there are none) and the per-row randomness of the target."""
+        if self.target == "loss" and batch.labels is None:
+            raise ValueError("target='loss' needs labels; the data yields none")
+        if self._width is None and self.target != "loss":
+            with torch.no_grad():  # the number of outputs K, once, from one example
+                self._width = self._forward(batch.rows(0, 1).inputs)[0].numel()
+        aux = self._aux(batch, start, self._width or 0)
+        labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
+        return labels.to(self.device), aux
+
     def _hooked(
-        self, batch: Batch, labels: torch.Tensor, aux: torch.Tensor
-    ) -> dict[str, torch.Tensor] | None:
-        """Gradients from one batched backward (:mod:`.hooks`), or None to use vmap.
+        self,
+        batch: Batch,
+        labels: torch.Tensor,
+        aux: torch.Tensor,
+        structured: KroneckerSketch | None,
+    ) -> dict[str, torch.Tensor] | torch.Tensor | None:
+        """From one batched backward (:mod:`.hooks`): the gradients {name: (B, *shape)}, or
+        with ``structured`` their Kronecker sketches (B, m); None to use vmap instead.
 
         The first batch is checked against vmap on its first two examples; a mismatch (a
-        layer whose input is not laid out batch-first, say) switches to vmap for good.
+        layer whose input is not laid out batch-first, say) or a failed hook check switches
+        to vmap for good.
         """
         leaves = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
         state = {**self.frozen, **leaves}
@@ -213,35 +249,36 @@ class GradientComputer:
                 outputs = model_outputs(self._call(state, batch.inputs))
                 return self._batch_value(outputs.reshape(batch.size, -1), labels, aux)
 
-        grads = self.hooks(run, batch.size)
-        if grads is None:
+        parts = self.hooks.contributions(run, batch.size, factored=structured is not None)
+        if parts is None:
             self.hooks = None
             return None
-        if not self._verified:
-            count = min(2, batch.size)
-            head = batch.rows(0, count)
-            reference = self._per_example(self.params, head.inputs, labels[:count], aux[:count])
-            agree = all(
-                torch.allclose(grads[name][:count], reference[name], rtol=1e-3, atol=1e-6)
-                or torch.allclose(
-                    grads[name][:count],
-                    reference[name],
-                    rtol=0.0,
-                    atol=1e-3 * float(reference[name].abs().max()),
-                )
-                for name in self.names
-            )
-            self._verified = True
-            if not agree:
-                warnings.warn(
-                    "per-sample gradients from hooks disagree with vmap on this model (a layer "
-                    "whose input is not batch-first?); using vmap",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                self.hooks = None
-                return None
-        return grads
+        if structured is None:
+            result: dict[str, torch.Tensor] | torch.Tensor = {}
+            for name, value in parts:
+                result[name] = result[name] + value if name in result else value
+        else:
+            result = structured.of_parts(parts)
+        if self._verified:
+            return result
+        self._verified = True
+        count = min(2, batch.size)
+        head = batch.rows(0, count)
+        reference = self._per_example(self.params, head.inputs, labels[:count], aux[:count])
+        if structured is None:
+            pairs = [(result[name][:count], reference[name]) for name in self.names]
+        else:
+            pairs = [(result[:count], structured.of_gradients(reference))]
+        if all(_close(ours, theirs) for ours, theirs in pairs):
+            return result
+        warnings.warn(
+            "per-sample gradients from hooks disagree with vmap on this model (a layer whose "
+            "input is not batch-first?); using vmap",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self.hooks = None
+        return None
 
     def _batch_value(
         self, outputs: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor
@@ -328,3 +365,9 @@ class GradientComputer:
             "bias": delta,
         }
         return check_finite_rows(torch.cat([parts[name] for name in self.names], dim=1), start)
+
+
+def _close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal to float32 rounding: within 1e-3 of the reference's largest entry."""
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    return bool(torch.allclose(ours.to(reference.dtype), reference, rtol=1e-3, atol=1e-3 * scale))

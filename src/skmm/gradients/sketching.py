@@ -28,6 +28,9 @@ from ..store import SketchStore
 from .batches import dataset_length, iterate_batches
 from .params import resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
+from .structured import KroneckerSketch
+
+GRADIENT_SKETCH_KINDS = (*SKETCH_KINDS, "kronecker")
 
 
 @dataclass
@@ -67,7 +70,10 @@ def sketch_gradients(
     """Sketched per-sample gradients G̃ = GΓ (N × m) of ``params`` of ``model`` over ``data``.
 
     ``data``: a torch Dataset, a DataLoader (not shuffling) or an iterable of batches
-    (:mod:`skmm.gradients.batches`). ``target``: "jacobian", "loss" or "loss_random"
+    (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the maps of
+    :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
+    Kronecker maps that sketch Linear and Conv2d weight gradients without forming them; other
+    features for the same gradients). ``target``: "jacobian", "loss" or "loss_random"
     (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
     sketch in; the result's features are then read back from it. ``per_sample``: "auto"
     (one batched backward with hooks when every chosen parameter belongs to a supported
@@ -78,7 +84,7 @@ def sketch_gradients(
     without a store, interrupted or not; another ``batch_size`` agrees to float32 rounding.
     """
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
-    sketch = check_choice(sketch, "sketch", SKETCH_KINDS)
+    sketch = check_choice(sketch, "sketch", GRADIENT_SKETCH_KINDS)
     target = check_choice(target, "target", TARGETS)
     per_sample = check_choice(per_sample, "per_sample", ENGINES)
     seed = _check_seed(seed)
@@ -91,7 +97,13 @@ def sketch_gradients(
     was_training = model.training
     try:
         computer = GradientComputer(model, chosen, target, seed, device, per_sample)
-        sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
+        if sketch == "kronecker":
+            shapes = {name: computer.params[name].shape for name in computer.names}
+            sketch_map: SketchMap | KroneckerSketch = KroneckerSketch(
+                shapes, sketch_dim, seed, device
+            )
+        else:
+            sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
         identity = {
             "model_fingerprint": model_fingerprint(model),
             "model_class": type(model).__qualname__,
@@ -115,7 +127,7 @@ def sketch_gradients(
 
 def _stream(
     computer: GradientComputer,
-    sketch_map: SketchMap,
+    sketch_map: SketchMap | KroneckerSketch,
     data: object,
     batch_size: int,
     identity: dict[str, Any],
@@ -138,8 +150,11 @@ def _stream(
                 # of it), so a resumed run groups rows exactly as an uninterrupted one.
                 stop = min(batch.size, offset + batch_size - row % batch_size)
                 part = batch.rows(offset, stop)
-                gradients = computer(part, row)
-                sketched = _sketch_rows(sketch_map, gradients, row).cpu().numpy()
+                if isinstance(sketch_map, KroneckerSketch):
+                    sketched = computer.sketched(part, row, sketch_map).float().cpu().numpy()
+                else:
+                    gradients = computer(part, row)
+                    sketched = _sketch_rows(sketch_map, gradients, row).cpu().numpy()
                 part_labels = _integer_labels(part.labels)
                 if writer is None:
                     features.append(sketched)
