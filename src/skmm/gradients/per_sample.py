@@ -269,7 +269,8 @@ class GradientComputer:
             pairs = [(result[name][:count], reference[name]) for name in self.names]
         else:
             pairs = [(result[:count], structured.of_gradients(reference))]
-        if all(_close(ours, theirs) for ours, theirs in pairs):
+        scale = max(float(theirs.abs().max()) for _, theirs in pairs if theirs.numel())
+        if all(_close(ours, theirs, scale) for ours, theirs in pairs):
             return result
         warnings.warn(
             "per-sample gradients from hooks disagree with vmap on this model (a layer whose "
@@ -367,7 +368,7 @@ class GradientComputer:
         return check_finite_rows(torch.cat([parts[name] for name in self.names], dim=1), start)
 
 
-def _close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Equal to float32 rounding: within 1e-3 of the reference's largest entry."""
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    return bool(torch.allclose(ours.to(reference.dtype), reference, rtol=1e-3, atol=1e-3 * scale))
+def _close(ours: torch.Tensor, reference: torch.Tensor, scale: float) -> bool:
+    """Equal to float32 rounding: within 1e-3 relative, or 1e-4 of the largest gradient entry
+    (a gradient that is zero in exact arithmetic, like a key bias's, is rounding noise)."""
+    return bool(torch.allclose(ours.to(reference.dtype), reference, rtol=1e-3, atol=1e-4 * scale))
