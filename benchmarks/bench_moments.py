@@ -187,9 +187,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     set_threads(args.threads)
-    sizes = args.sizes or ([1_000, 4_000] if args.quick else [16_000, 100_000, 1_000_000])
+    sizes = args.sizes or ([500, 1_500] if args.quick else [16_000, 100_000, 1_000_000])
     dim = 64 if args.quick and args.dim == 512 else args.dim
-    cap_seconds = args.research_seconds or (0.5 if args.quick else 300.0)
+    cap_seconds = args.research_seconds or (0.3 if args.quick else 300.0)
     preamble("Moment matching: skmm's solver beside the research solver")
     rows_out = []
     for rows in sizes:

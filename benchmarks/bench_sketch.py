@@ -236,8 +236,8 @@ def main() -> None:
     set_threads(args.threads)
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
-    cols = args.cols or ([10_000, 40_000] if quick else [100_000, 2_400_000])
-    rows = args.rows or ([128] * len(cols) if quick else [4096, 256][: len(cols)])
+    cols = args.cols or ([5_000, 20_000] if quick else [100_000, 2_400_000])
+    rows = args.rows or ([64] * len(cols) if quick else [4096, 256][: len(cols)])
     if len(rows) != len(cols):
         parser.error("--rows needs one N per --cols value")
     dims = args.dims or [128, 512]
@@ -278,7 +278,7 @@ def main() -> None:
         print(f"- {note}")
 
     if "streamed" not in args.skip:
-        r, n_rows, batch = (cols[0], 256, 32) if quick else (cols[0], 1024, 64)
+        r, n_rows, batch = (cols[0], 128, 32) if quick else (cols[0], 1024, 64)
         print(
             f"\n## Streamed: rows arrive B at a time (one map / projector per pass), rows/s, "
             f"median of {repeats}\n"
@@ -302,7 +302,7 @@ def main() -> None:
 
     if "scaling" not in args.skip:
         r = cols[0]
-        counts = [128, 256, 512] if quick else [1024, 2048, 4096, 8192]
+        counts = [64, 128, 256] if quick else [1024, 2048, 4096, 8192]
         print(f"\n## Time against N (r = {r:,}, m = {dims[-1]}): seconds, median of {repeats}\n")
         print(
             table(

@@ -64,10 +64,19 @@ def preamble(title: str) -> None:
     print(f"machine: {machine()}\n", flush=True)
 
 
+_LIMITS: list[object] = []
+
+
 def set_threads(threads: int | None) -> None:
-    """torch CPU threads, when given."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """torch CPU threads and, through threadpoolctl when installed, numpy's BLAS threads."""
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _LIMITS.append(threadpool_limits(limits=threads))
 
 
 def interleaved(
