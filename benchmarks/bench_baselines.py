@@ -4,6 +4,7 @@
   (lazy greedy over similarity tiles, nothing N×N stored) against apricot-select's
   ``FacilityLocationSelection(n, metric="euclidean", optimizer="lazy")`` (the same function:
   apricot's "euclidean" is the squared distance; it builds the dense N×N matrix).
+- SkMM itself (default options) is timed on the same pools for its time against N.
 - k-center greedy and herding: skmm against a straightforward blocked torch implementation of
   the same rule (distances or scores of all rows to the new center / target by row blocks of
   ‖x‖² − 2⟨x, c⟩ + ‖c‖², the same first pick), the strongest simple peer on a CPU.
@@ -85,7 +86,7 @@ def overlap(a: object, b: object) -> float:
 
 def geometry_rows(sizes: list[int], cols: int, n: int, repeats: int) -> tuple[list, list]:
     """Rows of the k-center / herding table and of the time-against-N table."""
-    out, times_by_method = [], {"kcenter": {}, "herding": {}}
+    out, times_by_method = [], {"SkMM": {}, "kcenter": {}, "herding": {}}
     for rows in sizes:
         features = make_pool(rows, cols)
         tensor = torch.from_numpy(features)
@@ -93,6 +94,7 @@ def geometry_rows(sizes: list[int], cols: int, n: int, repeats: int) -> tuple[li
         first = int(torch.argmin(centered.square().sum(dim=1)))
         results: dict[str, object] = {}
         calls = {
+            "skmm skmm": lambda f=features: skmm.select(f, n, "skmm", random_state=0).indices,
             "skmm kcenter": lambda f=features: skmm.select(f, n, "kcenter", init="mean").indices,
             "torch kcenter": lambda t=tensor, first=first: blocked_kcenter(t, n, first),
             "skmm herding": lambda f=features: skmm.select(f, n, "herding").indices,
@@ -103,6 +105,7 @@ def geometry_rows(sizes: list[int], cols: int, n: int, repeats: int) -> tuple[li
             for name, call in calls.items()
         }
         times = interleaved(contenders, repeats)
+        times_by_method["SkMM"][rows] = (median(times["skmm skmm"]), None)
         for method in ("kcenter", "herding"):
             ours, theirs = median(times[f"skmm {method}"]), median(times[f"torch {method}"])
             times_by_method[method][rows] = (ours, theirs)
@@ -124,6 +127,8 @@ def geometry_rows(sizes: list[int], cols: int, n: int, repeats: int) -> tuple[li
     for method, by_size in times_by_method.items():
         counts = sorted(by_size)
         for index, label in ((0, "skmm"), (1, "blocked torch")):
+            if by_size[counts[0]][index] is None:
+                continue
             seconds = [by_size[c][index] for c in counts]
             per_row, _, r2 = slope(counts, seconds)
             scaling.append(
@@ -221,7 +226,10 @@ def main() -> None:
             geometry,
         )
     )
-    print(f"\n## Time against N (n = {n}): seconds, fitted slope\n")
+    print(
+        f"\n## Time against N (n = {n}; skmm = SkMM's default selection, sketch to m = 256 "
+        "and greedy A-optimal design): seconds, fitted slope\n"
+    )
     print(
         table(
             [
