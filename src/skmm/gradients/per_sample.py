@@ -10,8 +10,10 @@
 - ``"loss_random"``: cross-entropy with a label drawn uniformly per example, as the paper's
   code does: label-free, and closer to the loss geometry than the Jacobian.
 
-Gradients come from ``torch.func`` (``functional_call`` + ``vmap(grad)``) with the model in
-eval mode (BatchNorm statistics frozen, dropout off). A Hugging Face model's 2-D attention
+The model runs in eval mode (BatchNorm statistics frozen, dropout off). Gradients come from
+one batched forward and backward with hooks on the layers (:mod:`.hooks`) when every chosen
+parameter belongs to a supported layer, else from ``torch.func`` (``functional_call`` +
+``vmap(grad)``); the two agree to float32 rounding. A Hugging Face model's 2-D attention
 mask is turned into the 4-D additive float mask, since vmap cannot trace the value-dependent
 branches of the 2-D mask code. When the model is a bare ``nn.Linear`` (linear probing on
 frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) with δ = ∂f/∂o.
