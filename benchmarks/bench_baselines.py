@@ -153,10 +153,14 @@ def facility_rows(
         apricot = None
     notes = [
         "apricot JIT-compiles its numba kernels in every `fit` (several CPU seconds, counted: "
-        "its users pay it per call)"
+        "its users pay it per call); numba runs on as many threads as torch"
         if apricot
         else "apricot not run (--quick, or not installed: pip install apricot-select)"
     ]
+    if apricot:
+        import numba
+
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     out = []
     for rows in sizes:
         features = make_pool(rows, cols)

@@ -29,7 +29,7 @@ Optimizers (``optimizer``):
   the total stays Θ(N²d): worth it when n is large and lazy greedy re-evaluates a lot.
 
 Similarities are computed in tiles of about ``TILE_BYTES``. When the N×N similarities fit in
-``DENSE_SIMILARITY_BYTES`` (1 GiB: N ≤ 16,384 in float32) they are computed once and kept,
+``DENSE_SIMILARITY_BYTES`` (2 GiB: N ≤ 23,170 in float32) they are computed once and kept,
 so each later gain evaluation is one O(N) read instead of an O(Nd) recomputation (lazy
 greedy re-evaluates each row a few times); beyond that nothing N×N is stored.
 
@@ -66,7 +66,7 @@ from .probe import ProbeSelector, head_gradients
 SIMILARITIES = ("euclidean", "sqeuclidean", "cosine")
 OPTIMIZERS = ("lazy", "stochastic")
 TILE_BYTES = 64 * 2**20
-DENSE_SIMILARITY_BYTES = 2**30
+DENSE_SIMILARITY_BYTES = 2**31
 FIRST_PASS_BATCH = 1024
 LAZY_BATCH = 32
 BOUND_MARGIN = 1.001
@@ -156,17 +156,16 @@ class FacilityLocationGreedy:
         )
 
     def _similarity_columns(self) -> torch.Tensor:
-        """S with S[j, i] = sim(i, j), built tile by tile (one Θ(N²d) pass), so that a gain
-        evaluation reads one row of S instead of recomputing N similarities."""
+        """S with S[j, i] = sim(j, i) = sim(i, j), built tile by tile (one Θ(N²d) pass), so
+        that a gain evaluation reads one row of S instead of recomputing N similarities."""
         n_rows = self.table.n_rows
         device = self.table.points.device
         out = torch.empty(n_rows, n_rows, dtype=self.table.points.dtype, device=device)
-        for first in range(0, n_rows, FIRST_PASS_BATCH):
-            columns = torch.arange(first, min(first + FIRST_PASS_BATCH, n_rows), device=device)
-            step = self.table.row_step(columns.numel())
-            for start in range(0, n_rows, step):
-                stop = min(start + step, n_rows)
-                out[columns, start:stop] = self.table.block(start, stop, columns).T
+        everyone = torch.arange(n_rows, device=device)
+        step = self.table.row_step(n_rows)
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            out[start:stop] = self.table.block(start, stop, everyone)
         return out
 
     def gains(self, candidates: list[int]) -> np.ndarray:
@@ -175,12 +174,15 @@ class FacilityLocationGreedy:
         self.evaluations += len(candidates)
         if self.columns is not None:
             step = max(1, TILE_BYTES // max(1, self.table.n_rows * self.columns.element_size()))
-            parts = [
-                (self.columns[columns[i : i + step]] - self.cover)
-                .clamp_min_(0.0)
-                .sum(dim=1, dtype=torch.float64)
-                for i in range(0, len(candidates), step)
-            ]
+            parts = []
+            for i in range(0, len(candidates), step):
+                chosen = columns[i : i + step]
+                first, last = int(chosen[0]), int(chosen[-1])
+                if last - first + 1 == chosen.numel() and bool((chosen[1:] > chosen[:-1]).all()):
+                    rows = self.columns[first : last + 1] - self.cover  # a run: no gather
+                else:
+                    rows = self.columns[chosen].sub_(self.cover)
+                parts.append(rows.clamp_min_(0.0).sum(dim=1, dtype=torch.float64))
             return torch.cat(parts).cpu().numpy()
         total = torch.zeros(len(candidates), dtype=torch.float64, device=columns.device)
         step = self.table.row_step(len(candidates))
@@ -221,7 +223,7 @@ class FacilityLocationGreedy:
         for start in range(0, self.table.n_rows, step):
             stop = min(start + step, self.table.n_rows)
             if self.columns is not None:
-                similarity = self.columns[row, start:stop]
+                similarity = self.columns[row, start:stop]  # sim(row, i) = sim(i, row)
             else:
                 similarity = self.table.block(start, stop, column)[:, 0]
             closer = similarity > self.best[start:stop]
