@@ -147,6 +147,7 @@ def geometry_rows(sizes: list[int], cols: int, n: int, repeats: int) -> tuple[li
 def facility_rows(
     sizes: list[int], cols: int, n: int, repeats: int, peer: bool
 ) -> tuple[list, list[str]]:
+    threads = torch.get_num_threads()
     try:
         apricot = importlib.import_module("apricot") if peer else None
     except ImportError:
@@ -160,7 +161,8 @@ def facility_rows(
     if apricot:
         import numba
 
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        torch.set_num_threads(threads)  # numba's OpenMP start-up resets torch's thread count
     out = []
     for rows in sizes:
         features = make_pool(rows, cols)
