@@ -7,12 +7,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skmm-installed
+PEERS_STAMP := $(VENV)/.skmm-peers-installed
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 APT_FASHION := apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)
 
-.PHONY: venv bench-data test test-all demo lint format clean
+.PHONY: venv bench-data test test-all demo bench bench-quick lint format clean
 
 venv: $(STAMP)
 
@@ -40,6 +41,19 @@ test-all: venv bench-data
 
 demo: venv
 	$(VENV)/bin/skmm demo
+
+# The peers the benchmarks time skmm against (TRAK, dattri; apricot comes with dev).
+$(PEERS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[peers]'
+	touch $(PEERS_STAMP)
+
+# Side-by-side benchmarks (docs/performance.md). `make bench QUICK=1` or `make bench-quick`
+# runs the tiny CI sizes; THREADS=n sets torch's CPU threads.
+bench: $(PEERS_STAMP)
+	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick) $(if $(THREADS),--threads $(THREADS))
+
+bench-quick: $(PEERS_STAMP)
+	$(PY) benchmarks/run_all.py --quick $(if $(THREADS),--threads $(THREADS))
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

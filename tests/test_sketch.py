@@ -121,3 +121,67 @@ def test_nan_input_is_refused():
     x[3, 4] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         skmm.sketch(x, 8)
+
+
+def _reference_sparse_block(sketch_map, block):
+    """Γ's block from its documented recipe: per row, one ±1/√ζ in each of ζ column stripes."""
+    from skmm.seeding import derive_seed
+
+    start = block * sketch_map.block_rows
+    rows = min(sketch_map.block_rows, sketch_map.n_cols - start)
+    m, zeta = sketch_map.sketch_dim, sketch_map.nnz_per_row
+    gen = torch.Generator().manual_seed(derive_seed(sketch_map.seed, "sparse_sign", m, block))
+    uniforms = torch.rand(rows, zeta, generator=gen).double()
+    signs = torch.randint(0, 2, (rows, zeta), generator=gen)
+    dense = torch.zeros(rows, m)
+    for s in range(zeta):
+        lo, hi = (s * m) // zeta, ((s + 1) * m) // zeta
+        columns = lo + torch.clamp((uniforms[:, s].float() * (hi - lo)).long(), max=hi - lo - 1)
+        dense[torch.arange(rows), columns] = (2.0 * signs[:, s] - 1).float() / math.sqrt(zeta)
+    return dense
+
+
+@pytest.mark.parametrize(("n_cols", "m"), [(1000, 64), (9000, 48), (700, 3), (5000, 513)])
+def test_sparse_sign_map_follows_its_recipe(n_cols, m):
+    sketch_map = SketchMap(n_cols, m, "sparse_sign", seed=7)
+    for block in range(sketch_map.n_blocks):
+        csr = sketch_map.sparse_block(block)
+        expected = _reference_sparse_block(sketch_map, block)
+        assert torch.equal(csr.to_dense().T, expected)
+        # CSR rows list their input rows in increasing order (the product sums in that order)
+        crow, cols = csr.crow_indices(), csr.col_indices()
+        for row in range(m):
+            segment = cols[crow[row] : crow[row + 1]]
+            assert bool((segment[1:] > segment[:-1]).all())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+def test_map_built_by_several_threads_is_the_same(kind):
+    x = torch.from_numpy(_matrix(20, 20_000, seed=4))
+    threads = torch.get_num_threads()
+    serial = SketchMap(20_000, 512, kind, seed=1)
+    parallel = SketchMap(20_000, 512, kind, seed=1)
+    try:
+        torch.set_num_threads(4)
+        parallel.apply(x)  # builds the blocks in a thread pool and caches them
+    finally:
+        torch.set_num_threads(threads)
+    assert len(parallel._cache) == parallel.n_blocks > 1
+    if kind == "gaussian":
+        assert torch.equal(parallel.dense(), serial.dense())
+    else:
+        for block in range(serial.n_blocks):
+            a, b = parallel.sparse_block(block), serial.sparse_block(block)
+            assert torch.equal(a.to_dense(), b.to_dense())
+
+
+def test_in_memory_matrices_are_sketched_in_one_batch_with_the_same_result():
+    from skmm.inputs import as_feature_matrix
+    from skmm.sketch import default_batch_rows
+
+    x = _matrix(3000, 400)
+    assert default_batch_rows(as_feature_matrix(x), 64) == 3000
+    np.testing.assert_array_equal(
+        skmm.sketch(x, 64, kind="gaussian", seed=2),
+        skmm.sketch(x, 64, kind="gaussian", seed=2, batch_size=128),
+    )

@@ -102,7 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="finetuned parameters: names or glob patterns, last:K, or trainable (default)",
     )
     sk.add_argument("--sketch-dim", type=int, default=256, help="sketch dimension m")
-    sk.add_argument("--sketch", default="sparse_sign", help="sparse_sign (default) or gaussian")
+    sk.add_argument(
+        "--sketch", default="sparse_sign", help="sparse_sign (default), gaussian or kronecker"
+    )
     sk.add_argument("--target", default="jacobian", help="jacobian, loss or loss_random")
     sk.add_argument("--seed", type=int, default=0, help="seed of the sketch and random targets")
     sk.add_argument("--batch-size", type=int, default=64, help="examples per vmap batch")

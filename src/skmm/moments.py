@@ -22,6 +22,8 @@ import torch
 from .progress import progress_bar
 
 FLOAT64_MOMENTS_LIMIT = 2**22
+FIRST_ROUND_ITERATIONS = 50
+OUTSIDE_GAP_FACTOR = 2.0
 
 
 def project_capped_simplex(y: torch.Tensor, cap: float, total: float = 1.0) -> torch.Tensor:
@@ -127,6 +129,10 @@ class MomentProblem:
         residual = self.shortfall(moments).to(self.moments.dtype)
         return (self.moments @ residual).to(torch.float64).mul_(-2.0)
 
+    def restricted(self, rows: torch.Tensor) -> MomentProblem:
+        """The same problem over the given rows only (the others held at 0)."""
+        return MomentProblem(self.moments[rows], self.target, self.cap)
+
     def lipschitz_estimate(self, iterations: int = 12) -> float:
         """2‖P‖₂², estimated by power iteration on PᵀP from the all-ones vector."""
         vector = torch.ones(
@@ -180,6 +186,7 @@ def solve(
     max_iter: int = 1000,
     tol: float = 1e-4,
     check_every: int = 5,
+    working_set: int | None = None,
     progress: bool | None = False,
 ) -> SolverResult:
     """Minimize f over the capped simplex by accelerated projected gradient from ``start``.
@@ -190,62 +197,207 @@ def solve(
     Every ``check_every`` iterations the Frank–Wolfe gap g(x)ᵀ(x − v*) bounds f(x) − f*; the
     solver stops when it is ≤ tol·f(x) (relative accuracy tol), when f(x) ≤ (tol·‖b‖)²
     (every moment within tol of its target), or after ``max_iter`` iterations.
+
+    Large pools are solved on a working set of rows (see :func:`_solve_on_working_sets`):
+    ``working_set`` rows are added per round (default 2·(n + k) for a cap of 1/n and k
+    directions, used when the pool has over four times as many rows); 0 solves on all rows.
+    The stopping rule is the same, with the gap taken over the whole pool.
     """
     began = time.perf_counter()
+    add = _working_set_rows(problem) if working_set is None else working_set
+    if add and add * 4 < problem.size:
+        with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
+            return _solve_on_working_sets(problem, start, max_iter, tol, check_every, add, bar)
+    with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
+        x = _project(start.to(problem.moments.device), problem.cap)[0]
+        return _fista(problem, x, max_iter, tol, check_every, bar, began)
+
+
+def _working_set_rows(problem: MomentProblem) -> int:
+    """Rows added per working-set round: 2·(n + k), n = ⌈1/cap⌉ rows at the cap, k directions."""
+    return 2 * (math.ceil(1.0 / problem.cap - 1e-9) + int(problem.moments.shape[1]))
+
+
+def _solve_on_working_sets(
+    problem: MomentProblem,
+    start: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+    add: int,
+    bar: object,
+) -> SolverResult:
+    """FISTA on a working set W of rows, grown until the whole pool's optimality conditions hold.
+
+    W starts as the start's support plus the ``add`` rows of smallest gradient. Each round
+    runs FISTA on the problem restricted to W (rows outside stay at 0) for at most 50
+    iterations in the first round and twice as many in each next one, then takes one pass over
+    the pool for the gradient ∇f = −2P(b − Pᵀs)_+. The Frank–Wolfe gap over all rows
+    certifies the stop. When it exceeds twice the gap over W (rows outside W would lower f),
+    the ``add`` rows outside W of smallest gradient below the restricted solution's threshold
+    (those that would take mass) join W; otherwise the next round continues on the same W.
+    Passes over all N rows happen once per round instead of twice per iteration.
+    """
+    began = time.perf_counter()
+    size, cap = problem.size, problem.cap
+    device = problem.moments.device
+    x = _project(start.to(device), cap)[0]
+    moments = problem.moments_of(x)
+    objective = problem.objective(moments)
+    gradient = problem.gradient(moments)
+    inside = x > 0
+    inside[_smallest(gradient.masked_fill(inside, math.inf), add)] = True
+    trace: dict[str, list[float]] = {
+        "objective": [objective],
+        "duality_gap": [],
+        "seconds": [time.perf_counter() - began],
+        "working_set": [],
+    }
+    iterations = restarts = 0
+    budget = FIRST_ROUND_ITERATIONS
+    lipschitz = math.nan
+    feasible_level = (tol * float(problem.target.norm())) ** 2
+    while True:
+        rows = inside.nonzero().squeeze(1)
+        trace["working_set"].append(float(rows.numel()))
+        if objective <= feasible_level or iterations >= max_iter:
+            inner = None
+        else:
+            restricted = problem.restricted(rows)
+            inner = _fista(
+                restricted,
+                x[rows],
+                min(budget, max_iter - iterations),
+                tol,
+                check_every,
+                bar,
+                began,
+                offset=iterations,
+            )
+            iterations += inner.iterations
+            budget *= 2
+            restarts += inner.restarts
+            lipschitz = inner.lipschitz
+            for key in ("objective", "seconds"):
+                trace[key].extend(inner.trace[key][1:])
+            trace["duality_gap"].extend(inner.trace["duality_gap"])
+            x = torch.zeros(size, dtype=torch.float64, device=device)
+            x[rows] = inner.weights
+            moments = restricted.moments_of(inner.weights)
+            objective = inner.objective
+            gradient = problem.gradient(moments)
+        gap = _gap(gradient, x, cap)
+        trace["duality_gap"].append(gap)
+        if objective <= feasible_level:
+            reason = "moments matched"
+        elif gap <= tol * objective:
+            reason = "duality gap"
+        elif iterations >= max_iter:
+            reason = "max_iter"
+        else:
+            if gap > OUTSIDE_GAP_FACTOR * inner.gap:
+                held = x > 0
+                free = held & (x < cap)
+                threshold = float(gradient[free if bool(free.any()) else held].max())
+                outside = gradient.masked_fill(inside, math.inf)
+                joining = _smallest(outside, add)
+                joining = joining[outside[joining] < threshold]
+                if joining.numel() > 0:
+                    inside[joining] = True
+                    continue
+            if inner.reason == "max_iter":
+                continue
+            reason = "no row to add"
+        return SolverResult(
+            weights=x,
+            objective=objective,
+            gap=gap,
+            iterations=iterations,
+            converged=reason != "max_iter",
+            reason=reason,
+            lipschitz=lipschitz,
+            restarts=restarts,
+            seconds=time.perf_counter() - began,
+            trace=trace,
+        )
+
+
+def _smallest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` smallest finite entries of ``values`` (fewer if there are not)."""
+    count = min(count, int(torch.isfinite(values).sum()))
+    return torch.topk(values, count, largest=False, sorted=False).indices
+
+
+def _fista(
+    problem: MomentProblem,
+    x: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+    bar: object,
+    began: float,
+    offset: int = 0,
+) -> SolverResult:
+    """The FISTA iterations of :func:`solve` from a feasible ``x`` (``offset``: iterations
+    already done, for the progress bar and the gap-check schedule)."""
     cap = problem.cap
-    x, tau = _project(start.to(problem.moments.device), cap)
+    tau = None
     ux = problem.moments_of(x)
     fx = problem.objective(ux)
     x_prev, ux_prev = x, ux
     momentum = 1.0
     lipschitz = problem.lipschitz_estimate()
     feasible_level = (tol * float(problem.target.norm())) ** 2
-    trace: dict[str, list[float]] = {"objective": [fx], "duality_gap": []}
+    trace: dict[str, list[float]] = {
+        "objective": [fx],
+        "duality_gap": [],
+        "seconds": [time.perf_counter() - began],
+    }
     restarts = 0
     gap = math.inf
     reason = "max_iter"
     iteration = 0
     if fx <= feasible_level:
         reason, max_iter = "moments matched", 0
-    with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
-        for iteration in range(1, max_iter + 1):
-            previous_lipschitz = lipschitz
-            lipschitz *= 0.8
-            while True:
-                ratio = lipschitz / previous_lipschitz
-                next_momentum = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * ratio * momentum**2))
-                beta = (momentum - 1.0) / next_momentum
-                y = x + beta * (x - x_prev) if beta else x
-                uy = ux + beta * (ux - ux_prev) if beta else ux
-                fy = problem.objective(uy)
-                gradient = problem.gradient(uy)
-                x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau)
-                u_new = problem.moments_of(x_new)
-                f_new = problem.objective(u_new)
-                step = x_new - y
-                bound = fy + float(gradient @ step) + 0.5 * lipschitz * float(step @ step)
-                if f_new <= bound + 1e-12 * abs(fy):
-                    break
-                lipschitz *= 2.0
-            if f_new > fx:
-                restarts += 1
-                momentum = 1.0
-                x_prev, ux_prev = x, ux
-            else:
-                x_prev, ux_prev = x, ux
-                x, ux, fx, momentum = x_new, u_new, f_new, next_momentum
-            trace["objective"].append(fx)
-            bar.update(1)
-            if fx <= feasible_level:
-                reason = "moments matched"
+    for iteration in range(1, max_iter + 1):
+        previous_lipschitz = lipschitz
+        lipschitz *= 0.8
+        while True:
+            ratio = lipschitz / previous_lipschitz
+            next_momentum = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * ratio * momentum**2))
+            beta = (momentum - 1.0) / next_momentum
+            y = x + beta * (x - x_prev) if beta else x
+            uy = ux + beta * (ux - ux_prev) if beta else ux
+            fy = problem.objective(uy)
+            gradient = problem.gradient(uy)
+            x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau)
+            u_new = problem.moments_of(x_new)
+            f_new = problem.objective(u_new)
+            step = x_new - y
+            bound = fy + float(gradient @ step) + 0.5 * lipschitz * float(step @ step)
+            if f_new <= bound + 1e-12 * abs(fy):
                 break
-            if iteration % check_every == 0 or iteration == max_iter:
-                gap = duality_gap(problem, x, ux)
-                trace["duality_gap"].append(gap)
-                bar.set_postfix(objective=f"{fx:.3e}", gap=f"{gap:.1e}")
-                if gap <= tol * fx:
-                    reason = "duality gap"
-                    break
+            lipschitz *= 2.0
+        if f_new > fx:
+            restarts += 1
+            momentum = 1.0
+            x_prev, ux_prev = x, ux
+        else:
+            x_prev, ux_prev = x, ux
+            x, ux, fx, momentum = x_new, u_new, f_new, next_momentum
+        trace["objective"].append(fx)
+        trace["seconds"].append(time.perf_counter() - began)
+        bar.update(1)
+        if fx <= feasible_level:
+            reason = "moments matched"
+            break
+        if (offset + iteration) % check_every == 0 or iteration == max_iter:
+            gap = duality_gap(problem, x, ux)
+            trace["duality_gap"].append(gap)
+            bar.set_postfix(objective=f"{fx:.3e}", gap=f"{gap:.1e}")
+            if gap <= tol * fx:
+                reason = "duality gap"
+                break
     if reason != "duality gap":
         gap = duality_gap(problem, x, ux)
     return SolverResult(
@@ -264,6 +416,10 @@ def solve(
 
 def duality_gap(problem: MomentProblem, s: torch.Tensor, moments: torch.Tensor) -> float:
     """Frank–Wolfe gap max_v ∇f(s)ᵀ(s − v) over the capped simplex: an upper bound on f(s) − f*."""
-    gradient = problem.gradient(moments)
-    vertex = capped_simplex_minimizer(gradient, problem.cap)
+    return _gap(problem.gradient(moments), s, problem.cap)
+
+
+def _gap(gradient: torch.Tensor, s: torch.Tensor, cap: float) -> float:
+    """gᵀ(s − v*) with v* the capped-simplex vertex minimizing gᵀv."""
+    vertex = capped_simplex_minimizer(gradient, cap)
     return max(0.0, float(gradient @ (s - vertex)))

@@ -71,6 +71,7 @@ def test_bert_last_layer_and_head_match_a_per_example_loop():
     )
     np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(result.labels, torch.cat([b["labels"] for b in batches]))
+    assert result.metadata["per_sample"] == "hooks"  # Linear and LayerNorm: one backward
 
 
 def test_lora_adapters_are_the_trainable_parameters():
@@ -85,6 +86,7 @@ def test_lora_adapters_are_the_trainable_parameters():
     expected = skmm.sketch(loop_gradients(model, batches, names).numpy(), 8, kind="gaussian")
     result = sketch_gradients(model, batches, sketch_dim=8, sketch="gaussian", target="loss")
     np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
+    assert result.metadata["per_sample"] == "hooks"  # LoRA's A and B are nn.Linear
 
 
 def test_a_custom_wrapper_receives_its_mask_unchanged():

@@ -264,3 +264,15 @@ def test_craig_runs_on_cuda():
     selection = skmm.select(points, 6, "craig", labels=labels, epochs=2, device="cuda")
     assert selection.info["device"].startswith("cuda")
     assert selection.weights.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("similarity", ["euclidean", "sqeuclidean", "cosine"])
+def test_kept_similarities_and_recomputed_tiles_give_the_same_picks(similarity, monkeypatch):
+    from skmm.selectors import submodular
+
+    points = blobs(7, n_rows=300)
+    kept = skmm.select(points, 25, "facility_location", similarity=similarity)
+    monkeypatch.setattr(submodular, "DENSE_SIMILARITY_BYTES", 0)
+    tiled = skmm.select(points, 25, "facility_location", similarity=similarity)
+    assert kept.indices.tolist() == tiled.indices.tolist()
+    assert kept.info["objective"] == pytest.approx(tiled.info["objective"], rel=1e-6)

@@ -10,8 +10,10 @@
 - ``"loss_random"``: cross-entropy with a label drawn uniformly per example, as the paper's
   code does: label-free, and closer to the loss geometry than the Jacobian.
 
-Gradients come from ``torch.func`` (``functional_call`` + ``vmap(grad)``) with the model in
-eval mode (BatchNorm statistics frozen, dropout off). A Hugging Face model's 2-D attention
+The model runs in eval mode (BatchNorm statistics frozen, dropout off). Gradients come from
+one batched forward and backward with hooks on the layers (:mod:`.hooks`) when every chosen
+parameter belongs to a supported layer, else from ``torch.func`` (``functional_call`` +
+``vmap(grad)``); the two agree to float32 rounding. A Hugging Face model's 2-D attention
 mask is turned into the 4-D additive float mask, since vmap cannot trace the value-dependent
 branches of the 2-D mask code. When the model is a bare ``nn.Linear`` (linear probing on
 frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) with δ = ∂f/∂o.
@@ -20,6 +22,7 @@ frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -29,8 +32,11 @@ from torch.func import functional_call, grad, vmap
 
 from ..seeding import derive_seed
 from .batches import Batch
+from .hooks import HookedGradients, find_owners
+from .structured import KroneckerSketch
 
 TARGETS = ("jacobian", "loss", "loss_random")
+ENGINES = ("auto", "hooks", "vmap")
 RANDOM_BLOCK_ROWS = 4096
 
 
@@ -92,7 +98,12 @@ def _per_row_draw(
 
 
 def check_finite_rows(rows: torch.Tensor, start: int) -> torch.Tensor:
-    """``rows`` unchanged, or a ValueError naming the first examples with NaN/Inf gradients."""
+    """``rows`` unchanged, or a ValueError naming the first examples with NaN/Inf gradients.
+
+    One min/max pass decides (NaN propagates through it); rows are searched only on failure.
+    """
+    if rows.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(rows))).all()):
+        return rows
     bad = (~torch.isfinite(rows)).any(dim=1)
     if bool(bad.any()):
         examples = (torch.nonzero(bad).flatten()[:5] + start).tolist()
@@ -134,6 +145,7 @@ class GradientComputer:
         target: str,
         seed: int,
         device: torch.device,
+        engine: str = "auto",
     ) -> None:
         self.model = model.to(device).eval()
         self.target = target
@@ -151,29 +163,148 @@ class GradientComputer:
         self.hf_model = is_hugging_face_model(model)
         self._width: int | None = None
         self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
+        owners = None if engine == "vmap" else find_owners(model, self.names)
+        if engine == "hooks" and owners is None:
+            raise ValueError(
+                "per_sample='hooks' needs every chosen parameter to be the weight or bias of an "
+                "nn.Linear, nn.Conv2d (groups=1), nn.LayerNorm or eval-mode nn.BatchNorm*d "
+                "that owns it alone; use per_sample='auto' or 'vmap'"
+            )
+        self.hooks = None if owners is None else HookedGradients(owners, self.names)
+        self._verified = False
+
+    @property
+    def engine(self) -> str:
+        """How gradients are computed now: "closed form", "hooks" or "vmap"."""
+        if self.closed_form:
+            return "closed form"
+        return "hooks" if self.hooks is not None else "vmap"
 
     def __call__(self, batch: Batch, start: int) -> torch.Tensor:
         """Gradients of rows [start, start + B) of the pool, float32 (B, r)."""
         batch = batch.to(self.device)
+        if self.closed_form:
+            return self._closed_form(batch, start)
+        labels, aux = self._labels_and_aux(batch, start)
+        grads = self._hooked(batch, labels, aux, None) if self.hooks is not None else None
+        if grads is None:
+            grads = self._per_example(self.params, batch.inputs, labels, aux)
+        rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
+        return check_finite_rows(rows, start)
+
+    def sketched(self, batch: Batch, start: int, structured: KroneckerSketch) -> torch.Tensor:
+        """Kronecker sketches (B, m), float64, of the gradients of rows [start, start + B).
+
+        With hooks, Linear and Conv2d weight gradients are sketched from their factors and
+        never formed (:mod:`.structured`); otherwise the gradients are formed and sketched.
+        """
+        batch = batch.to(self.device)
+        if self.closed_form:
+            rows = self._closed_form(batch, start)
+            sizes = [self.params[name].numel() for name in self.names]
+            parts = dict(zip(self.names, rows.split(sizes, dim=1), strict=True))
+            return structured.of_gradients(parts)
+        labels, aux = self._labels_and_aux(batch, start)
+        sketch = self._hooked(batch, labels, aux, structured) if self.hooks is not None else None
+        if sketch is None:
+            sketch = structured.of_gradients(
+                self._per_example(self.params, batch.inputs, labels, aux)
+            )
+        return check_finite_rows(sketch, start)
+
+    def _closed_form(self, batch: Batch, start: int) -> torch.Tensor:
         if self.target == "loss" and batch.labels is None:
             raise ValueError("target='loss' needs labels; the data yields none")
-        if self.closed_form:
-            with torch.no_grad():
-                return self._linear_head(batch, self._forward(batch.inputs), start)
+        with torch.no_grad():
+            return self._linear_head(batch, self._forward(batch.inputs), start)
+
+    def _labels_and_aux(self, batch: Batch, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The labels (zeros when there are none) and the per-row randomness of the target."""
+        if self.target == "loss" and batch.labels is None:
+            raise ValueError("target='loss' needs labels; the data yields none")
         if self._width is None and self.target != "loss":
             with torch.no_grad():  # the number of outputs K, once, from one example
                 self._width = self._forward(batch.rows(0, 1).inputs)[0].numel()
         aux = self._aux(batch, start, self._width or 0)
         labels = batch.labels if batch.labels is not None else torch.zeros(batch.size)
-        grads = self._per_example(self.params, batch.inputs, labels.to(self.device), aux)
-        rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
-        return check_finite_rows(rows, start)
+        return labels.to(self.device), aux
+
+    def _hooked(
+        self,
+        batch: Batch,
+        labels: torch.Tensor,
+        aux: torch.Tensor,
+        structured: KroneckerSketch | None,
+    ) -> dict[str, torch.Tensor] | torch.Tensor | None:
+        """From one batched backward (:mod:`.hooks`): the gradients {name: (B, *shape)}, or
+        with ``structured`` their Kronecker sketches (B, m); None to use vmap instead.
+
+        The first batch is checked against vmap on its first two examples; a mismatch (a
+        layer whose input is not laid out batch-first, say) or a failed hook check switches
+        to vmap for good.
+        """
+        leaves = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
+        state = {**self.frozen, **leaves}
+
+        def run() -> torch.Tensor:
+            with torch.enable_grad():
+                outputs = model_outputs(self._call(state, batch.inputs))
+                return self._batch_value(outputs.reshape(batch.size, -1), labels, aux)
+
+        parts = self.hooks.contributions(run, batch.size, factored=structured is not None)
+        if parts is None:
+            self.hooks = None
+            return None
+        if structured is None:
+            result: dict[str, torch.Tensor] | torch.Tensor = {}
+            for name, value in parts:
+                result[name] = result[name] + value if name in result else value
+        else:
+            result = structured.of_parts(parts)
+        if self._verified:
+            return result
+        self._verified = True
+        count = min(2, batch.size)
+        head = batch.rows(0, count)
+        reference = self._per_example(self.params, head.inputs, labels[:count], aux[:count])
+        if structured is None:
+            pairs = [(result[name][:count], reference[name]) for name in self.names]
+        else:
+            pairs = [(result[:count], structured.of_gradients(reference))]
+        scale = max(float(theirs.abs().max()) for _, theirs in pairs if theirs.numel())
+        if all(_close(ours, theirs, scale) for ours, theirs in pairs):
+            return result
+        warnings.warn(
+            "per-sample gradients from hooks disagree with vmap on this model (a layer whose "
+            "input is not batch-first?); using vmap",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self.hooks = None
+        return None
+
+    def _batch_value(
+        self, outputs: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_i f_i over the batch, f_i as in :meth:`_example_value`; outputs are (B, K)."""
+        if self.target == "jacobian":
+            return (outputs * aux).sum()
+        if self.target == "loss_random":
+            return F.cross_entropy(outputs, aux, reduction="sum")
+        if labels.is_floating_point():
+            return 0.5 * (outputs - labels.reshape(outputs.shape[0], -1)).square().sum()
+        return F.cross_entropy(outputs, labels, reduction="sum")
 
     def _forward(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        state = {**self.frozen, **self.params}
+        return model_outputs(self._call({**self.frozen, **self.params}, inputs))
+
+    def _call(
+        self, state: dict[str, torch.Tensor], inputs: torch.Tensor | dict[str, torch.Tensor]
+    ) -> object:
+        """The model's forward with ``state`` as its parameters and buffers."""
         if isinstance(inputs, dict):
-            return model_outputs(functional_call(self.model, state, (), self._kwargs(inputs)))
-        return model_outputs(functional_call(self.model, state, (inputs,)))
+            return functional_call(self.model, state, (), self._kwargs(inputs))
+        return functional_call(self.model, state, (inputs,))
 
     def _kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = inputs.get("attention_mask")
@@ -237,3 +368,9 @@ class GradientComputer:
             "bias": delta,
         }
         return check_finite_rows(torch.cat([parts[name] for name in self.names], dim=1), start)
+
+
+def _close(ours: torch.Tensor, reference: torch.Tensor, scale: float) -> bool:
+    """Equal to float32 rounding: within 1e-3 relative, or 1e-4 of the largest gradient entry
+    (a gradient that is zero in exact arithmetic, like a key bias's, is rounding noise)."""
+    return bool(torch.allclose(ours.to(reference.dtype), reference, rtol=1e-3, atol=1e-4 * scale))

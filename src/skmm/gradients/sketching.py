@@ -27,7 +27,10 @@ from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
 from ..store import SketchStore
 from .batches import dataset_length, iterate_batches
 from .params import resolve_params
-from .per_sample import TARGETS, GradientComputer
+from .per_sample import ENGINES, TARGETS, GradientComputer
+from .structured import KroneckerSketch
+
+GRADIENT_SKETCH_KINDS = (*SKETCH_KINDS, "kronecker")
 
 
 @dataclass
@@ -61,21 +64,29 @@ def sketch_gradients(
     device: str | torch.device | None = None,
     store: str | os.PathLike[str] | None = None,
     shard_rows: int = 4096,
+    per_sample: str = "auto",
     progress: bool | None = None,
 ) -> GradientSketch:
     """Sketched per-sample gradients G̃ = GΓ (N × m) of ``params`` of ``model`` over ``data``.
 
     ``data``: a torch Dataset, a DataLoader (not shuffling) or an iterable of batches
-    (:mod:`skmm.gradients.batches`). ``target``: "jacobian", "loss" or "loss_random"
+    (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the maps of
+    :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
+    Kronecker maps that sketch Linear and Conv2d weight gradients without forming them; other
+    features for the same gradients). ``target``: "jacobian", "loss" or "loss_random"
     (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
-    sketch in; the result's features are then read back from it. Rows are processed in
+    sketch in; the result's features are then read back from it. ``per_sample``: "auto"
+    (one batched backward with hooks when every chosen parameter belongs to a supported
+    layer, :mod:`skmm.gradients.hooks`, else vmap), "hooks" (an error when unsupported) or
+    "vmap"; both give the same gradients to float32 rounding. Rows are processed in
     micro-batches that start at multiples of ``batch_size`` and shards hold a multiple of it
     (``shard_rows`` is rounded up), so the same request gives bit-identical results with or
     without a store, interrupted or not; another ``batch_size`` agrees to float32 rounding.
     """
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
-    sketch = check_choice(sketch, "sketch", SKETCH_KINDS)
+    sketch = check_choice(sketch, "sketch", GRADIENT_SKETCH_KINDS)
     target = check_choice(target, "target", TARGETS)
+    per_sample = check_choice(per_sample, "per_sample", ENGINES)
     seed = _check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
     shard_rows = -(-check_positive_int(shard_rows, "shard_rows") // batch_size) * batch_size
@@ -92,8 +103,14 @@ def sketch_gradients(
     chosen = resolve_params(model, params)
     was_training = model.training
     try:
-        computer = GradientComputer(model, chosen, target, seed, device)
-        sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
+        computer = GradientComputer(model, chosen, target, seed, device, per_sample)
+        if sketch == "kronecker":
+            shapes = {name: computer.params[name].shape for name in computer.names}
+            sketch_map: SketchMap | KroneckerSketch = KroneckerSketch(
+                shapes, sketch_dim, seed, device
+            )
+        else:
+            sketch_map = SketchMap(computer.n_params, sketch_dim, sketch, seed, device=device)
         identity = {
             "model_fingerprint": model_fingerprint(model),
             "model_class": type(model).__qualname__,
@@ -117,7 +134,7 @@ def sketch_gradients(
 
 def _stream(
     computer: GradientComputer,
-    sketch_map: SketchMap,
+    sketch_map: SketchMap | KroneckerSketch,
     data: object,
     batch_size: int,
     identity: dict[str, Any],
@@ -140,8 +157,11 @@ def _stream(
                 # of it), so a resumed run groups rows exactly as an uninterrupted one.
                 stop = min(batch.size, offset + batch_size - row % batch_size)
                 part = batch.rows(offset, stop)
-                gradients = computer(part, row)
-                sketched = _sketch_rows(sketch_map, gradients, row).cpu().numpy()
+                if isinstance(sketch_map, KroneckerSketch):
+                    sketched = computer.sketched(part, row, sketch_map).float().cpu().numpy()
+                else:
+                    gradients = computer(part, row)
+                    sketched = _sketch_rows(sketch_map, gradients, row).cpu().numpy()
                 part_labels = _integer_labels(part.labels)
                 if writer is None:
                     features.append(sketched)
@@ -156,7 +176,7 @@ def _stream(
         raise ValueError("data yielded no rows")
     if n_rows is not None and not done and row != n_rows:
         raise ValueError(f"data yielded {row} rows but reports a length of {n_rows}")
-    metadata = {**identity, "n_rows": row}
+    metadata = {**identity, "n_rows": row, "per_sample": computer.engine}
     if writer is None:
         stacked = np.concatenate(features)
         all_labels = np.concatenate(labels) if labels and len(labels) == len(features) else None

@@ -28,7 +28,10 @@ Optimizers (``optimizer``):
   in all instead of N + re-evaluations. A gain evaluation itself sums over all N rows, so
   the total stays Θ(N²d): worth it when n is large and lazy greedy re-evaluates a lot.
 
-Similarities are computed in tiles of about ``TILE_BYTES``; nothing N×N is ever stored.
+Similarities are computed in tiles of about ``TILE_BYTES``. When the N×N similarities fit in
+``DENSE_SIMILARITY_BYTES`` (2 GiB: N ≤ 23,170 in float32) they are computed once and kept,
+so each later gain evaluation is one O(N) read instead of an O(Nd) recomputation (lazy
+greedy re-evaluates each row a few times); beyond that nothing N×N is stored.
 
 CRAIG (Mirzasoleiman, Bilmes & Leskovec, ICML 2020) runs facility location on per-sample
 gradients of the last layer (here: a linear softmax probe trained on the features, see
@@ -63,6 +66,7 @@ from .probe import ProbeSelector, head_gradients
 SIMILARITIES = ("euclidean", "sqeuclidean", "cosine")
 OPTIMIZERS = ("lazy", "stochastic")
 TILE_BYTES = 64 * 2**20
+DENSE_SIMILARITY_BYTES = 2**31
 FIRST_PASS_BATCH = 1024
 LAZY_BATCH = 32
 BOUND_MARGIN = 1.001
@@ -145,17 +149,47 @@ class FacilityLocationGreedy:
         self.bounds = np.full(n_rows, math.inf)
         self.stamps = np.full(n_rows, -1, dtype=np.int64)
         self.evaluations = 0
+        self.columns = (
+            self._similarity_columns()
+            if n_rows * n_rows * table.points.element_size() <= DENSE_SIMILARITY_BYTES
+            else None
+        )
+
+    def _similarity_columns(self) -> torch.Tensor:
+        """S with S[j, i] = sim(j, i) = sim(i, j), built tile by tile (one Θ(N²d) pass), so
+        that a gain evaluation reads one row of S instead of recomputing N similarities."""
+        n_rows = self.table.n_rows
+        device = self.table.points.device
+        out = torch.empty(n_rows, n_rows, dtype=self.table.points.dtype, device=device)
+        everyone = torch.arange(n_rows, device=device)
+        step = self.table.row_step(n_rows)
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            out[start:stop] = self.table.block(start, stop, everyone)
+        return out
 
     def gains(self, candidates: list[int]) -> np.ndarray:
         """Marginal gains Σ_i (sim(i, j) − cover_i)_+ of each candidate j, in float64."""
         columns = torch.as_tensor(candidates, device=self.table.points.device)
+        self.evaluations += len(candidates)
+        if self.columns is not None:
+            step = max(1, TILE_BYTES // max(1, self.table.n_rows * self.columns.element_size()))
+            parts = []
+            for i in range(0, len(candidates), step):
+                chosen = columns[i : i + step]
+                first, last = int(chosen[0]), int(chosen[-1])
+                if last - first + 1 == chosen.numel() and bool((chosen[1:] > chosen[:-1]).all()):
+                    rows = self.columns[first : last + 1] - self.cover  # a run: no gather
+                else:
+                    rows = self.columns[chosen].sub_(self.cover)
+                parts.append(rows.clamp_min_(0.0).sum(dim=1, dtype=torch.float64))
+            return torch.cat(parts).cpu().numpy()
         total = torch.zeros(len(candidates), dtype=torch.float64, device=columns.device)
         step = self.table.row_step(len(candidates))
         for start in range(0, self.table.n_rows, step):
             stop = min(start + step, self.table.n_rows)
             tile = self.table.block(start, stop, columns).sub_(self.cover[start:stop, None])
             total += tile.clamp_min_(0.0).sum(dim=0, dtype=torch.float64)
-        self.evaluations += len(candidates)
         return total.cpu().numpy()
 
     def lazy_argmax(self, heap: list[tuple[float, int]], round_: int) -> tuple[int, float]:
@@ -188,7 +222,10 @@ class FacilityLocationGreedy:
         step = self.table.row_step(1)
         for start in range(0, self.table.n_rows, step):
             stop = min(start + step, self.table.n_rows)
-            similarity = self.table.block(start, stop, column)[:, 0]
+            if self.columns is not None:
+                similarity = self.columns[row, start:stop]  # sim(row, i) = sim(i, row)
+            else:
+                similarity = self.table.block(start, stop, column)[:, 0]
             closer = similarity > self.best[start:stop]
             self.best[start:stop] = torch.where(closer, similarity, self.best[start:stop])
             self.assigned[start:stop] = torch.where(closer, round_, self.assigned[start:stop])
