@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .store import StoreArray
+
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
@@ -120,7 +122,7 @@ class FeatureMatrix:
     checked chunk by chunk as rows are read.
     """
 
-    source: np.ndarray | torch.Tensor
+    source: np.ndarray | torch.Tensor | StoreArray
     name: str
     device: torch.device
     compute_dtype: torch.dtype
@@ -160,6 +162,23 @@ class FeatureMatrix:
         block = block.to(device=self.device, dtype=self.compute_dtype)
         if not self.checked:
             _check_finite_tensor(block, self.name, offset=start)
+        return block
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows at indices ``rows``, like :meth:`rows` (a memmap or store reads only those)."""
+        if isinstance(self.source, torch.Tensor):
+            block = self.source[torch.as_tensor(rows, device=self.source.device)]
+        else:
+            array = self.source[np.asarray(rows, dtype=np.int64)]
+            if not array.dtype.isnative:
+                array = array.astype(array.dtype.newbyteorder("="))
+            block = torch.from_numpy(array)
+        block = block.to(device=self.device, dtype=self.compute_dtype)
+        if not self.checked and block.dtype.is_floating_point:
+            bad = torch.nonzero(~torch.isfinite(block).all(dim=1)).flatten()
+            if bad.numel():
+                first = int(bad[0])
+                _check_finite_tensor(block[first : first + 1], self.name, offset=int(rows[first]))
         return block
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -212,8 +231,8 @@ def as_feature_matrix(
             )
         if features.is_sparse or features.layout != torch.strided:
             raise TypeError(f"{name} must be a dense tensor, got layout {features.layout}")
-        source: np.ndarray | torch.Tensor = features.detach()
-    elif isinstance(features, np.ndarray):
+        source: np.ndarray | torch.Tensor | StoreArray = features.detach()
+    elif isinstance(features, (np.ndarray, StoreArray)):
         problem = _numpy_dtype_problem(features.dtype)
         if problem:
             raise TypeError(f"{name} must hold real numbers, got {problem} dtype {features.dtype}")
@@ -245,7 +264,7 @@ def as_feature_matrix(
     is_double = src_dtype in (np.float64, torch.float64)
     compute_dtype = torch.float64 if is_double else torch.float32
     matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=False)
-    if not isinstance(source, np.memmap):
+    if not isinstance(source, (np.memmap, StoreArray)):
         for _ in matrix.chunks():
             pass
         matrix.checked = True
