@@ -9,6 +9,10 @@ convex f(s) = Σ_j (λ_j/c − (Pᵀs)_j)_+². :func:`solve` minimizes it by acc
 gradient (FISTA with backtracking and function-value restarts) with the exact projection
 onto the capped simplex; the Frank–Wolfe duality gap certifies how far from optimal it stops.
 Each iteration costs two passes over P: O(N·k).
+
+P, s and the gradient are held as this rank's rows (:mod:`skmm.rows`); what crosses ranks
+is Pᵀs (a k-vector), inner products, and the projection's sums and counts, all added in
+block order, so 1 and P ranks take the same steps.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .progress import progress_bar
+from .rows import Layout
 
 FLOAT64_MOMENTS_LIMIT = 2**22
 
@@ -35,26 +40,36 @@ def project_capped_simplex(y: torch.Tensor, cap: float, total: float = 1.0) -> t
 
 
 def _project(
-    y: torch.Tensor, cap: float, total: float = 1.0, tau: float | None = None
+    y: torch.Tensor,
+    cap: float,
+    total: float = 1.0,
+    tau: float | None = None,
+    layout: Layout | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """:func:`project_capped_simplex` from a starting threshold ``tau``; returns (s, τ)."""
+    """:func:`project_capped_simplex` from a starting threshold ``tau``; returns (s, τ).
+
+    With a ``layout``, ``y`` is this rank's part of the vector and every sum, count, min and
+    max is taken over all ranks.
+    """
+    layout = layout or Layout.single(y.numel())
     y = y.to(torch.float64)
-    size = y.numel()
+    size = layout.n_rows
     if cap <= 0 or total <= 0:
         raise ValueError(f"cap and total must be > 0, got cap={cap}, total={total}")
     if size * cap < total * (1 - 1e-12):
         raise ValueError(f"infeasible: {size} entries capped at {cap} cannot sum to {total}")
-    lo = float(y.min()) - cap
-    hi = float(y.max())
+    lo, hi = layout.extremes(y)
+    lo -= cap
     if tau is None or not lo < tau < hi:
-        tau = min(max((float(y.sum()) - total) / size, lo), hi)
+        tau = min(max((layout.total(y) - total) / size, lo), hi)
     tolerance = 1e-14 * max(total, 1.0)
     for _ in range(200):
         shifted = y - tau
         free = (shifted > 0) & (shifted < cap)
-        n_free = int(free.sum())
-        n_capped = int((shifted >= cap).sum())
-        free_sum = float(y[free].sum())
+        free_sum, free_count, capped_count = layout.totals(
+            torch.where(free, y, 0.0), free.to(torch.float64), (shifted >= cap).to(torch.float64)
+        )
+        n_free, n_capped = int(free_count), int(capped_count)
         mass = free_sum - n_free * tau + n_capped * cap
         if abs(mass - total) <= tolerance:
             break
@@ -68,51 +83,93 @@ def _project(
             break
     projected = (y - tau).clamp_(0.0, cap)
     free = (projected > 0) & (projected < cap)
-    residual = total - float(projected.sum())
-    if residual != 0.0 and bool(free.any()):
-        projected[free] += residual / int(free.sum())
+    mass, free_count = layout.totals(projected, free.to(torch.float64))
+    residual, n_free = total - mass, int(free_count)
+    if residual != 0.0 and n_free:
+        projected[free] += residual / n_free
         projected.clamp_(0.0, cap)
     return projected, tau
 
 
 def capped_simplex_minimizer(
-    gradient: torch.Tensor, cap: float, total: float = 1.0
+    gradient: torch.Tensor, cap: float, total: float = 1.0, layout: Layout | None = None
 ) -> torch.Tensor:
-    """argmin_v gᵀv over the capped simplex: cap on the smallest entries of g, rest on the next."""
-    n_full = min(math.floor(total / cap + 1e-9), gradient.numel())
-    order = torch.argsort(gradient, stable=True)
+    """argmin_v gᵀv over the capped simplex: cap on the smallest entries of g, rest on the next.
+
+    Ties go to the lower position; with a ``layout``, over every rank's entries.
+    """
+    layout = layout or Layout.single(gradient.numel())
+    n_full = min(math.floor(total / cap + 1e-9), layout.n_rows)
+    smallest = layout.smallest(gradient, min(n_full + 1, layout.n_rows)) - layout.start
     vertex = torch.zeros_like(gradient, dtype=torch.float64)
-    vertex[order[:n_full]] = cap
+    full = smallest[:n_full]
+    full = full[(full >= 0) & (full < gradient.numel())]
+    vertex[torch.as_tensor(full, device=gradient.device)] = cap
     remainder = total - n_full * cap
-    if remainder > 1e-15 and n_full < gradient.numel():
-        vertex[order[n_full]] = remainder
+    if remainder > 1e-15 and n_full < layout.n_rows:
+        nxt = int(smallest[n_full])
+        if 0 <= nxt < gradient.numel():
+            vertex[nxt] = remainder
     return vertex
 
 
-@dataclass
 class MomentProblem:
     """f(s) = Σ_j (b_j − (Pᵀs)_j)_+² over s ∈ [0, cap]^N with Σs = 1.
 
-    ``moments`` is P (N × k), ``target`` is b = λ/c (k,). P is kept in float64 when it has at
-    most 2^22 entries and in float32 beyond (products are still accumulated into float64).
+    ``moments`` is P (N × k; with a ``layout``, this rank's rows of it), ``target`` is
+    b = λ/c (k,). P is kept in float64 when it has at most 2^22 entries in all and in
+    float32 beyond (products are still accumulated into float64). It is stored by block,
+    column-major, so that P·r is computed row by row and Pᵀs block by block with results
+    that do not depend on how the rows are split over ranks (:mod:`skmm.rows`).
     """
 
-    moments: torch.Tensor
-    target: torch.Tensor
-    cap: float
+    def __init__(
+        self,
+        moments: torch.Tensor,
+        target: torch.Tensor,
+        cap: float,
+        layout: Layout | None = None,
+    ) -> None:
+        self.layout = layout or Layout.single(int(moments.shape[0]))
+        entries = self.layout.n_rows * int(moments.shape[1])
+        dtype = torch.float64 if entries <= FLOAT64_MOMENTS_LIMIT else torch.float32
+        self._columns = [
+            moments[lo:hi].to(dtype).T.contiguous() for lo, hi in self.layout.local_blocks()
+        ]
+        self.n_directions = int(moments.shape[1])
+        self.device = moments.device
+        self.dtype = dtype
+        self.target = target.to(device=moments.device, dtype=torch.float64)
+        self.cap = cap
 
-    def __post_init__(self) -> None:
-        dtype = torch.float64 if self.moments.numel() <= FLOAT64_MOMENTS_LIMIT else torch.float32
-        self.moments = self.moments.to(dtype)
-        self.target = self.target.to(device=self.moments.device, dtype=torch.float64)
+    @property
+    def moments(self) -> torch.Tensor:
+        """P: this rank's rows, (n_local, k)."""
+        if not self._columns:
+            return torch.zeros(0, self.n_directions, dtype=self.dtype, device=self.device)
+        return torch.cat([block.T for block in self._columns])
 
     @property
     def size(self) -> int:
-        return int(self.moments.shape[0])
+        return self.layout.n_rows
 
     def moments_of(self, s: torch.Tensor) -> torch.Tensor:
         """Pᵀs: the weighted moments of s along each direction (float64)."""
-        return (self.moments.T @ s.to(self.moments.dtype)).to(torch.float64)
+        s = s.to(self.dtype)
+        parts = [  # a fresh copy of each slice: the product's rounding can depend on alignment
+            (block @ s[lo:hi].clone()).to(torch.float64)
+            for block, (lo, hi) in zip(self._columns, self.layout.local_blocks(), strict=True)
+        ]
+        like = torch.zeros(self.n_directions, dtype=torch.float64, device=self.device)
+        return self.layout.fold(parts, like)
+
+    def times(self, vector: torch.Tensor) -> torch.Tensor:
+        """P·v for this rank's rows (float64), each row's value independent of the others."""
+        vector = vector.to(self.dtype)
+        parts = [(block.T @ vector).to(torch.float64) for block in self._columns]
+        if not parts:
+            return torch.zeros(0, dtype=torch.float64, device=self.device)
+        return torch.cat(parts)
 
     def shortfall(self, moments: torch.Tensor) -> torch.Tensor:
         """(b − Pᵀs)_+ from the moments Pᵀs."""
@@ -124,17 +181,14 @@ class MomentProblem:
 
     def gradient(self, moments: torch.Tensor) -> torch.Tensor:
         """∇f(s) = −2 P (b − Pᵀs)_+ from the moments Pᵀs."""
-        residual = self.shortfall(moments).to(self.moments.dtype)
-        return (self.moments @ residual).to(torch.float64).mul_(-2.0)
+        return self.times(self.shortfall(moments)).mul_(-2.0)
 
     def lipschitz_estimate(self, iterations: int = 12) -> float:
         """2‖P‖₂², estimated by power iteration on PᵀP from the all-ones vector."""
-        vector = torch.ones(
-            self.moments.shape[1], dtype=self.moments.dtype, device=self.moments.device
-        )
+        vector = torch.ones(self.n_directions, dtype=torch.float64, device=self.device)
         norm_sq = 0.0
         for _ in range(iterations):
-            image = self.moments.T @ (self.moments @ vector)
+            image = self.moments_of(self.times(vector))
             norm = float(image.norm())
             if norm == 0.0:
                 return 1.0
@@ -192,8 +246,8 @@ def solve(
     (every moment within tol of its target), or after ``max_iter`` iterations.
     """
     began = time.perf_counter()
-    cap = problem.cap
-    x, tau = _project(start.to(problem.moments.device), cap)
+    cap, layout = problem.cap, problem.layout
+    x, tau = _project(start.to(problem.device), cap, layout=layout)
     ux = problem.moments_of(x)
     fx = problem.objective(ux)
     x_prev, ux_prev = x, ux
@@ -207,6 +261,8 @@ def solve(
     iteration = 0
     if fx <= feasible_level:
         reason, max_iter = "moments matched", 0
+    if layout.rank > 0:
+        progress = False
     with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
         for iteration in range(1, max_iter + 1):
             previous_lipschitz = lipschitz
@@ -219,11 +275,12 @@ def solve(
                 uy = ux + beta * (ux - ux_prev) if beta else ux
                 fy = problem.objective(uy)
                 gradient = problem.gradient(uy)
-                x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau)
+                x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau, layout=layout)
                 u_new = problem.moments_of(x_new)
                 f_new = problem.objective(u_new)
                 step = x_new - y
-                bound = fy + float(gradient @ step) + 0.5 * lipschitz * float(step @ step)
+                along, length = layout.totals(gradient * step, step * step)
+                bound = fy + along + 0.5 * lipschitz * length
                 if f_new <= bound + 1e-12 * abs(fy):
                     break
                 lipschitz *= 2.0
@@ -265,5 +322,5 @@ def solve(
 def duality_gap(problem: MomentProblem, s: torch.Tensor, moments: torch.Tensor) -> float:
     """Frank–Wolfe gap max_v ∇f(s)ᵀ(s − v) over the capped simplex: an upper bound on f(s) − f*."""
     gradient = problem.gradient(moments)
-    vertex = capped_simplex_minimizer(gradient, problem.cap)
-    return max(0.0, float(gradient @ (s - vertex)))
+    vertex = capped_simplex_minimizer(gradient, problem.cap, layout=problem.layout)
+    return max(0.0, problem.layout.dot(gradient, s - vertex))
