@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .rows import PoolRows, TiledRows, row_products
+from .rows import PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
@@ -94,9 +94,10 @@ def whiten(rows: torch.Tensor, spectrum: Spectrum, k: int) -> torch.Tensor:
 class WhitenedRows:
     """z_i = Λ_k^{-1/2} V_kᵀ g̃_i (float64) for this rank's rows of a pool.
 
-    ``keep``: compute z once and hold it (in-memory pools); otherwise every read recomputes
-    z from the rows, so a memory-mapped pool is streamed and never held whole. Both give the
-    same bits (:func:`~skmm.rows.row_products`). ``spectrum=None``: the rows are z already.
+    z is computed once, chunk by chunk. ``keep``: held in memory (in-memory pools);
+    otherwise spilled to a temporary file (:class:`~skmm.rows.SpilledRows`) and read back by
+    chunk or by row, so a memory-mapped pool is streamed and neither it nor z is ever held
+    whole. Both give the same bits. ``spectrum=None``: the rows are z already.
     """
 
     def __init__(
@@ -109,7 +110,19 @@ class WhitenedRows:
         if spectrum is not None:
             self._basis = spectrum.eigenvectors[:, : self.k].to(rows.device)
             self._scale = spectrum.eigenvalues[: self.k].to(rows.device).rsqrt()
-        self._kept = self._whiten(rows.tensor()) if keep else None
+        self._kept: torch.Tensor | None = None
+        self._spilled: SpilledRows | None = None
+        if keep:
+            self._kept = torch.empty(
+                self.layout.n_local, self.k, dtype=torch.float64, device=rows.device
+            )
+        else:
+            self._spilled = SpilledRows(self.k)
+        for _, start, block in rows.chunks():
+            if self._kept is not None:
+                self._kept[start : start + block.shape[0]] = self._whiten(block)
+            else:
+                self._spilled.append(self._whiten(block))
 
     @classmethod
     def from_tensor(cls, points: torch.Tensor) -> WhitenedRows:
@@ -124,22 +137,23 @@ class WhitenedRows:
 
     def chunks(self) -> Iterator[torch.Tensor]:
         """z of this rank's rows, chunk by chunk in order."""
-        if self._kept is not None:
-            for _, start, stop in self.layout.chunks():
+        for _, start, stop in self.layout.chunks():
+            if self._kept is not None:
                 yield self._kept[start:stop]
-        else:
-            for _, _, rows in self.rows.chunks():
-                yield self._whiten(rows)
+            else:
+                yield self._spilled.read(start, stop).to(self.rows.device)
 
     def take(self, local: np.ndarray) -> torch.Tensor:
         """z at the local positions ``local``."""
         if self._kept is not None:
             return self._kept[torch.as_tensor(local, device=self._kept.device)]
-        return self._whiten(self.rows.take(local))
+        return self._spilled.take(local).to(self.rows.device)
 
     def tensor(self) -> torch.Tensor:
         """z of all of this rank's rows, (n_local, k)."""
-        return self._kept if self._kept is not None else self._whiten(self.rows.tensor())
+        if self._kept is not None:
+            return self._kept
+        return self._spilled.read(0, self.layout.n_local).to(self.rows.device)
 
 
 @dataclass
@@ -219,7 +233,7 @@ def _lazy_greedy(
     inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
     parts = [gain(block, inverse, n) for block in points.chunks()]
     bounds = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
-    fresh_at = torch.full((layout.n_local,), -1, dtype=torch.int64, device=device)
+    fresh_at = torch.zeros(layout.n_local, dtype=torch.int64, device=device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n)
     picked = torch.empty(n, k, dtype=torch.float64, device=device)

@@ -20,6 +20,8 @@ by chunk or by position, so a memory-mapped pool is never loaded whole.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -395,3 +397,40 @@ class PoolRows:
         mine = positions[(positions >= layout.start) & (positions < layout.stop)] - layout.start
         rows = self.index[mine] if self.index is not None else mine + self.offset
         return PoolRows(layout.restrict(positions), self.source, index=rows)
+
+
+class SpilledRows:
+    """float64 rows written once to an unnamed temporary file, read back by range or position.
+
+    They take disk (in ``TMPDIR``), not memory: ranges are read with ``pread`` and rows by
+    position through a memory-map dropped after the copy, so only the rows asked for are
+    ever resident. The file disappears with the object.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.n_rows = 0
+        self._row_bytes = width * 8
+        self._file = tempfile.TemporaryFile(prefix="skmm-rows-")
+
+    def append(self, rows: torch.Tensor) -> None:
+        """Add rows at the end."""
+        self._file.write(rows.detach().to(torch.float64).cpu().numpy().tobytes())
+        self.n_rows += int(rows.shape[0])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop)."""
+        self._file.flush()
+        size, offset = (stop - start) * self._row_bytes, start * self._row_bytes
+        data = os.pread(self._file.fileno(), size, offset)
+        return torch.frombuffer(bytearray(data), dtype=torch.float64).reshape(-1, self.width)
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows at positions ``rows``."""
+        self._file.flush()
+        if self.n_rows == 0:
+            return torch.zeros(len(rows), self.width, dtype=torch.float64)
+        mapped = np.memmap(self._file, dtype=np.float64, mode="r", shape=(self.n_rows, self.width))
+        picked = np.array(mapped[np.asarray(rows, dtype=np.int64)])
+        del mapped
+        return torch.from_numpy(picked)
