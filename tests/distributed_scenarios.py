@@ -57,6 +57,9 @@ def prepare(workdir):
     )
     store.append(sketched)
     store.finish()
+    tiny = SketchStore.open_for_writing(workdir / "tiny-store", {"sketch_dim": 64}, shard_rows=50)
+    tiny.append(sketched[:300])
+    tiny.finish()
 
 
 def selections(workdir, tag):
@@ -85,6 +88,11 @@ def selections(workdir, tag):
     ).indices
     whitened = WhitenedRows(PoolRows.of(as_feature_matrix(mapped[:, :16])), None, None, keep=False)
     out["lazy_aopt"] = greedy_design(whitened, 30, "aopt", lazy=True).order
+    tiny = SketchStore.open(workdir / "tiny-store", verify=False).array()  # rank 0: no rows
+    for objective, extra in (("aopt", {}), ("logdet", {}), ("seed", {"max_iter": 50})):
+        chosen = skmm.select(tiny, 12, objective=objective, random_state=1, **extra)
+        out[f"tiny_{objective}"] = chosen.indices
+    out["tiny_uniform"] = skmm.select(tiny, 12, "uniform", random_state=1).indices
     out["uniform"] = skmm.select(features, 50, "uniform", random_state=2).indices
     out["uniform_stratified"] = skmm.select(
         features, 50, "uniform", labels=labels, stratify=True, random_state=3

@@ -260,8 +260,7 @@ def _lazy_greedy(
                     break
                 evaluations += int(counts.sum())
                 threshold = max(threshold, float(highest.max()))
-            row = layout.first_at_least(bounds, threshold)
-            point = layout.row_from_owner(points.take, row, picked[step])
+            _, row, point = layout.best_row(bounds, points.take, threshold)
             order[step], gains[step], picked[step] = row, threshold, point
             if layout.start <= row < layout.stop:
                 bounds[row - layout.start] = -math.inf
@@ -291,8 +290,7 @@ def _greedy_aopt(points: WhitenedRows, n: int, ridge: float, progress: bool | No
     with progress_bar(n, "greedy A-optimal", progress, unit="pick") as bar:
         for step in range(n):
             gain = torch.where(available, squared / (n + quadratic), -torch.inf)
-            value, row, _ = layout.argmax(gain)
-            point = layout.row_from_owner(lambda local: z[local], row, picked[step])
+            value, row, point = layout.best_row(gain, lambda local: z[local])
             order[step], gains[step], picked[step] = row, value, point
             if layout.start <= row < layout.stop:
                 available[row - layout.start] = False

@@ -53,13 +53,6 @@ def _init_from_env() -> None:
     dist.init_process_group(backend=backend)
 
 
-def local_cuda_index() -> int | None:
-    """The GPU of this rank under torchrun (``LOCAL_RANK``), None without a launcher."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in os.environ:
-        return None
-    return int(os.environ["LOCAL_RANK"])
-
-
 def _group() -> Any:
     """A process group that carries CPU tensors: the default one when it has gloo."""
     global _cpu_group
@@ -68,12 +61,6 @@ def _group() -> Any:
     if _cpu_group is None:
         _cpu_group = dist.new_group(backend="gloo")
     return _cpu_group
-
-
-def barrier() -> None:
-    """Wait for every rank."""
-    if world()[1] > 1:
-        dist.barrier(group=_group())
 
 
 def all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -97,15 +84,6 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     padded[: tensor.shape[0]] = tensor.detach().cpu()
     gathered = all_gather(padded)
     return torch.cat([gathered[p, :count] for p, count in enumerate(counts)]).to(tensor.device)
-
-
-def broadcast(tensor: torch.Tensor, source: int) -> torch.Tensor:
-    """Rank ``source``'s ``tensor`` on every rank (others pass any tensor of the same shape)."""
-    if world()[1] == 1:
-        return tensor
-    local = tensor.detach().cpu().clone()
-    dist.broadcast(local, source, group=_group())
-    return local.to(tensor.device)
 
 
 def all_gather_object(value: T) -> list[T]:

@@ -153,12 +153,6 @@ class Layout:
             for lo in range(start, hi, CHUNK_ROWS)
         ]
 
-    def owner(self, position: int) -> int:
-        """The rank whose rows include ``position``."""
-        block = int(np.searchsorted(self.bounds, position, side="right")) - 1
-        firsts = [self._first_block(p) for p in range(self.size + 1)]
-        return int(np.searchsorted(firsts, block, side="right")) - 1
-
     def restrict(self, positions: np.ndarray) -> Layout:
         """The layout of the subset ``positions`` (sorted): each row keeps its block."""
         return Layout(
@@ -237,12 +231,6 @@ class Layout:
             return mine[None].numpy()
         return distributed.all_gather(mine).numpy()
 
-    def first_at_least(self, values: torch.Tensor, threshold: float) -> int:
-        """The lowest position whose value is ≥ ``threshold`` over every rank's rows (N if none)."""
-        hits = torch.nonzero(values >= threshold).flatten()
-        local = self.start + int(hits[0]) if hits.numel() else self.n_rows
-        return int(self.all_ranks([float(local)])[:, 0].min())
-
     def smallest(self, values: torch.Tensor, count: int) -> np.ndarray:
         """Positions of the ``count`` smallest values over every rank's rows, in increasing
         (value, position) order."""
@@ -283,17 +271,36 @@ class Layout:
         where = order[np.searchsorted(found[order], positions)]
         return rows[torch.from_numpy(where)].to(local.device).contiguous()
 
-    def row_from_owner(
-        self, take: Callable[[np.ndarray], torch.Tensor], position: int, like: torch.Tensor
-    ) -> torch.Tensor:
-        """Row ``position`` (shaped and typed as ``like``) on every rank, from its owner."""
+    def best_row(
+        self,
+        values: torch.Tensor,
+        take: Callable[[np.ndarray], torch.Tensor],
+        threshold: float | None = None,
+    ) -> tuple[float, int, torch.Tensor]:
+        """(value, position, float64 row) of the winner over every rank's rows, in one exchange.
+
+        The winner is the largest value (``threshold=None``) or the first value ≥
+        ``threshold``, the lowest position among ties; ``take`` maps local positions to rows.
+        """
+        if threshold is None:
+            hits = torch.argmax(values).reshape(1) if values.numel() else values.new_zeros(0)
+        else:
+            hits = torch.nonzero(values >= threshold).flatten()[:1]
+        local = int(hits[0]) if hits.numel() else None
         if self.size == 1:
-            return take(np.asarray([position - self.start]))[0].to(like.dtype).clone()
-        owner = self.owner(position)
-        row = like.new_zeros(like.shape)
-        if owner == self.rank:
-            row = take(np.asarray([position - self.start]))[0].to(like.dtype)
-        return distributed.broadcast(row, owner).clone()
+            return float(values[local]), local, take(np.asarray([local]))[0].double().clone()
+        width = int(take(np.zeros(0, dtype=np.int64)).shape[1])
+        mine = torch.full((width + 2,), np.nan, dtype=torch.float64)
+        mine[:2] = torch.tensor([-np.inf, float(self.n_rows)], dtype=torch.float64)
+        if local is not None:
+            mine[0], mine[1] = float(values[local]), float(self.start + local)
+            mine[2:] = take(np.asarray([local]))[0].double().cpu()
+        gathered = distributed.all_gather(mine)
+        if threshold is None:
+            gathered = gathered[gathered[:, 0] == gathered[:, 0].max()]
+        winner = gathered[int(torch.argmin(gathered[:, 1]))]
+        row = winner[2:].clone().to(values.device)
+        return float(winner[0]), int(winner[1]), row
 
 
 def smallest_pairs(values: np.ndarray, positions: np.ndarray, count: int) -> np.ndarray:
@@ -420,6 +427,8 @@ class SpilledRows:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop)."""
+        if stop <= start:
+            return torch.zeros(0, self.width, dtype=torch.float64)
         self._file.flush()
         size, offset = (stop - start) * self._row_bytes, start * self._row_bytes
         data = os.pread(self._file.fileno(), size, offset)
