@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .rows import PoolRows, SpilledRows, TiledRows, row_products
+from .rows import Layout, PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
@@ -226,7 +226,9 @@ def _lazy_greedy(
 
     Stale gains serve as upper bounds. Each step refreshes the best bound, then every stale
     row whose bound reaches the best fresh gain, until none is left on any rank; the winner
-    is the lowest-position row with the best gain, as in plain greedy.
+    is the lowest-position row with the best gain, as in plain greedy. Ranks exchange once
+    per refresh round: the last exchange of a step also settles its winner (with its row)
+    and the next step's best bound, so a step typically costs two exchanges.
     """
     layout, k = points.layout, points.k
     device = points.rows.device
@@ -238,9 +240,9 @@ def _lazy_greedy(
     gains = np.empty(n)
     picked = torch.empty(n, k, dtype=torch.float64, device=device)
     evaluations = layout.n_rows
+    value, best, fresh = layout.argmax(bounds, flags=fresh_at == 0)
     with progress_bar(n, f"greedy {criterion}", progress, unit="pick") as bar:
         for step in range(n):
-            value, best, fresh = layout.argmax(bounds, flags=fresh_at == step)
             threshold = value if fresh else -math.inf
             while True:
                 if threshold > -math.inf:
@@ -255,18 +257,66 @@ def _lazy_greedy(
                     bounds[stale] = gain(points.take(stale.cpu().numpy()), inverse, n)
                     fresh_at[stale] = step
                     refreshed = float(bounds[stale].max())
-                counts, highest = layout.all_ranks([float(stale.numel()), refreshed]).T
-                if counts.sum() == 0:
+                settled = _if_settled(bounds, threshold, layout, points.take, k)
+                exchanged = layout.all_ranks([float(stale.numel()), refreshed, *settled])
+                if exchanged[:, 0].sum() == 0:
                     break
-                evaluations += int(counts.sum())
-                threshold = max(threshold, float(highest.max()))
-            _, row, point = layout.best_row(bounds, points.take, threshold)
-            order[step], gains[step], picked[step] = row, threshold, point
+                evaluations += int(exchanged[:, 0].sum())
+                threshold = max(threshold, float(exchanged[:, 1].max()))
+            row, point, value, best = _settle(exchanged[:, 2:], layout.n_rows)
+            fresh = False  # bounds refreshed in this step are stale in the next
+            order[step], gains[step], picked[step] = row, threshold, point.to(device)
             if layout.start <= row < layout.stop:
                 bounds[row - layout.start] = -math.inf
-            inverse = _add_to_inverse(inverse, point, n)
+            inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
+
+
+def _if_settled(
+    bounds: torch.Tensor,
+    threshold: float,
+    layout: Layout,
+    take: Callable[[np.ndarray], torch.Tensor],
+    width: int,
+) -> list[float]:
+    """What this rank reports in case no rank refreshed a bound this round.
+
+    [candidate position, best bound and its position, best bound and position without the
+    candidate, the candidate's row]: the candidate is this rank's first row whose bound
+    reaches ``threshold`` (the step's winner is the lowest candidate over ranks); the best
+    bounds give the next step's best once the winner is known.
+    """
+    if threshold == -math.inf:  # a round in which the best row is refreshed: never the last
+        return [math.nan] * (5 + width)
+    candidate, row = float(layout.n_rows), [math.nan] * width
+    best = others = [-math.inf, float(layout.n_rows)]
+    if bounds.numel():
+        first = int(torch.argmax(bounds))
+        best = others = [float(bounds[first]), float(layout.start + first)]
+        hits = torch.nonzero(bounds >= threshold).flatten()
+        if hits.numel():
+            local = int(hits[0])
+            candidate = float(layout.start + local)
+            row = take(np.asarray([local]))[0].double().cpu().tolist()
+            kept, bounds[local] = float(bounds[local]), -math.inf
+            second = int(torch.argmax(bounds))
+            others = [float(bounds[second]), float(layout.start + second)]
+            bounds[local] = kept
+    return [candidate, *best, *others, *row]
+
+
+def _settle(reports: np.ndarray, n_rows: int) -> tuple[int, torch.Tensor, float, int]:
+    """(winner's position, its row, next step's best bound, its position) from every rank's
+    :func:`_if_settled` report."""
+    owner = int(np.argmin(reports[:, 0]))
+    row = int(reports[owner, 0])
+    point = torch.from_numpy(reports[owner, 5:].copy())
+    nexts = reports[:, 1:3].copy()
+    nexts[owner] = reports[owner, 3:5]
+    value = nexts[:, 0].max()
+    best = int(nexts[nexts[:, 0] == value, 1].min()) if value > -math.inf else n_rows
+    return row, point, float(value), best
 
 
 def _greedy_aopt(points: WhitenedRows, n: int, ridge: float, progress: bool | None) -> GreedyResult:

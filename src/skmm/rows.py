@@ -198,10 +198,6 @@ class Layout:
         """Σ_i a_i b_i over every rank's rows."""
         return self.total(a * b)
 
-    def count(self, mask: torch.Tensor) -> int:
-        """Number of true entries over every rank's rows (exact)."""
-        return int(self.all_ranks([float(mask.sum())])[:, 0].sum())
-
     def extremes(self, values: torch.Tensor) -> tuple[float, float]:
         """(min, max) of ``values`` over every rank's rows."""
         local = [float(values.min()), float(values.max())] if values.numel() else [np.inf, -np.inf]
