@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .rows import Layout, PoolRows, SpilledRows, TiledRows, row_products
+from .rows import CHUNK_ROWS, Layout, PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
@@ -253,8 +253,9 @@ def _lazy_greedy(
                     over = torch.zeros(0, dtype=torch.int64, device=device)
                 stale = over[fresh_at[over] != step]
                 refreshed = -math.inf
+                for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
+                    bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
                 if stale.numel():
-                    bounds[stale] = gain(points.take(stale.cpu().numpy()), inverse, n)
                     fresh_at[stale] = step
                     refreshed = float(bounds[stale].max())
                 settled = _if_settled(bounds, threshold, layout, points.take, k)
