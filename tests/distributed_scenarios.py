@@ -97,6 +97,10 @@ def selections(workdir, tag):
     out["uniform_stratified"] = skmm.select(
         features, 50, "uniform", labels=labels, stratify=True, random_state=3
     ).indices
+    try:  # an option error raised on rank 0 reaches every rank instead of leaving it waiting
+        skmm.select(features, 5, "kcenter", init="farthest")
+    except ValueError as error:
+        out["kcenter_error"] = np.asarray(str(error))
     kcenter = skmm.select(features, 20, "kcenter", random_state=0)
     out["kcenter"] = kcenter.indices
     out["ran_on"] = np.asarray(

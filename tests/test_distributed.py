@@ -115,6 +115,7 @@ SELECTIONS = [
     "uniform",
     "uniform_stratified",
     "kcenter",
+    "kcenter_error",
 ]
 
 

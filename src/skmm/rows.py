@@ -38,6 +38,7 @@ MIN_BLOCK_ROWS = 1024
 MAX_BLOCK_ROWS = 2**17
 TARGET_BLOCKS = 64
 COLUMN_MULTIPLE = 8
+RUN_GAP = 16
 GATHERED_FOLD_LIMIT = 4096
 """Partials of at most this many entries are all-gathered and folded on every rank; larger
 ones (the m×m covariance) are folded along the ranks one at a time."""
@@ -405,9 +406,10 @@ class PoolRows:
 class SpilledRows:
     """float64 rows written once to an unnamed temporary file, read back by range or position.
 
-    They take disk (in ``TMPDIR``), not memory: ranges are read with ``pread`` and rows by
-    position through a memory-map dropped after the copy, so only the rows asked for are
-    ever resident. The file disappears with the object.
+    They take disk (in ``TMPDIR``), not memory. Reads go through ``pread``, never a
+    memory-map: the kernel maps whole cached folios (up to megabytes) around each row
+    touched through a map, which would bring the file into the process's resident memory.
+    The file disappears with the object.
     """
 
     def __init__(self, width: int) -> None:
@@ -421,21 +423,30 @@ class SpilledRows:
         self._file.write(rows.detach().to(torch.float64).cpu().numpy().tobytes())
         self.n_rows += int(rows.shape[0])
 
+    def _pread(self, start: int, stop: int) -> np.ndarray:
+        data = os.pread(
+            self._file.fileno(), (stop - start) * self._row_bytes, start * self._row_bytes
+        )
+        return np.frombuffer(data, dtype=np.float64).reshape(stop - start, self.width)
+
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop)."""
+        self._file.flush()
         if stop <= start:
             return torch.zeros(0, self.width, dtype=torch.float64)
-        self._file.flush()
-        size, offset = (stop - start) * self._row_bytes, start * self._row_bytes
-        data = os.pread(self._file.fileno(), size, offset)
-        return torch.frombuffer(bytearray(data), dtype=torch.float64).reshape(-1, self.width)
+        return torch.from_numpy(self._pread(start, stop).copy())
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
-        """The rows at positions ``rows``."""
+        """The rows at positions ``rows``: one read per run of rows at most 16 apart."""
         self._file.flush()
-        if self.n_rows == 0:
-            return torch.zeros(len(rows), self.width, dtype=torch.float64)
-        mapped = np.memmap(self._file, dtype=np.float64, mode="r", shape=(self.n_rows, self.width))
-        picked = np.array(mapped[np.asarray(rows, dtype=np.int64)])
-        del mapped
+        rows = np.asarray(rows, dtype=np.int64)
+        picked = np.empty((rows.size, self.width))
+        if rows.size == 0:
+            return torch.from_numpy(picked)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        firsts = np.flatnonzero(np.diff(ordered, prepend=-2 * RUN_GAP) > RUN_GAP).tolist()
+        for first, last in zip(firsts, [*firsts[1:], rows.size], strict=True):
+            lo, hi = int(ordered[first]), int(ordered[last - 1]) + 1
+            picked[order[first:last]] = self._pread(lo, hi)[ordered[first:last] - lo]
         return torch.from_numpy(picked)

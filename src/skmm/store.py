@@ -400,7 +400,7 @@ class StoreArray:
     Indexing with a slice, an int or an array of ints reads only the shards holding those
     rows, through a memory-map dropped right after the copy, so a store larger than memory
     can be streamed with memory bounded by what is asked for. A shard's sha256 is checked
-    the first time it is read.
+    the first time it is read (streamed 1 MiB at a time).
     """
 
     ndim = 2
@@ -426,10 +426,16 @@ class StoreArray:
 
     def _shard(self, index: int) -> np.ndarray:
         shard = self.store._shards[index]
+        path = self.store.path / shard["file"]
         if index not in self._verified:
-            self.store._read_features(shard)
+            _check_sha256(path, shard["sha256"], self.store.path)
             self._verified.add(index)
-        mapped = np.load(self.store.path / shard["file"], mmap_mode="r", allow_pickle=False)
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise StoreError(
+                f"store {self.store.path}: {shard['file']} is not a valid .npy file: {exc}"
+            ) from None
         if mapped.dtype != _FEATURE_DTYPE or mapped.shape != (shard["rows"], self.shape[1]):
             raise StoreError(
                 f"store {self.store.path}: {shard['file']} changed after it was verified"
@@ -663,6 +669,23 @@ def _write_npy_bytes(path: Path, array: np.ndarray) -> str:
     with atomic_write(path) as stream:
         stream.write(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _check_sha256(path: Path, sha256: str, directory: Path) -> None:
+    """StoreError unless the file at ``path`` hashes to ``sha256`` (read 1 MiB at a time)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(2**20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise StoreError(f"store {directory}: {path.name} is missing") from None
+    except OSError as exc:
+        raise StoreError(f"store {directory}: {path.name} could not be read: {exc}") from None
+    if digest.hexdigest() != sha256:
+        raise StoreError(
+            f"store {directory}: {path.name} fails its checksum (changed, truncated or corrupt)"
+        )
 
 
 def _read_npy(

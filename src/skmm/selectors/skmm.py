@@ -199,7 +199,7 @@ class SkMM(Selector):
     def _match_matrix(self, data: PoolRows, spec: Spectrum, n: int) -> MethodOutput:
         """Greedy D-/A-optimal design on the top whitened directions (:mod:`skmm.design`).
 
-        In-memory pools keep the whitened rows; memory-mapped ones are whitened on each read.
+        In-memory pools keep the whitened rows in memory; streamed ones spill them to disk.
         """
         began = time.perf_counter()
         choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
@@ -231,15 +231,18 @@ class SkMM(Selector):
         began = time.perf_counter()
         values = spec.eigenvalues[:rank]
         vectors = spec.eigenvectors[:, :rank].to(data.device)
-        parts = [row_products(rows.to(torch.float64), vectors) for _, _, rows in data.chunks()]
-        projections = (
+
+        def project(rows: torch.Tensor) -> torch.Tensor:
+            return row_products(rows.to(torch.float64), vectors)
+
+        parts = [project(rows).square_() for _, _, rows in data.chunks()]
+        squares = (
             torch.cat(parts)
             if parts
             else torch.zeros(0, rank, dtype=torch.float64, device=data.device)
         )
-        problem = MomentProblem(
-            projections.square(), values / self._option("c"), 1.0 / n, layout=layout
-        )
+        problem = MomentProblem(squares, values / self._option("c"), 1.0 / n, layout=layout)
+        del parts, squares
         start_rows = numpy_rng(seed, "init").choice(pool, size=n, replace=False)
         start = _local_indicator(start_rows, layout.start, layout.n_local, 1.0 / n, data.device)
         result = solve(
@@ -257,7 +260,7 @@ class SkMM(Selector):
         chosen = weights[indices]
         chosen = chosen / chosen.sum() if chosen.sum() > 0 else np.full(n, 1.0 / n)
         drawn = _local_indicator(indices, layout.start, layout.n_local, 1.0 / n, data.device)
-        picked = layout.rows_at(lambda local: projections[local], indices)
+        picked = layout.rows_at(lambda local: project(data.take(local)), indices)
         info = {
             "solver": result.summary(),
             "objective": result.objective,
