@@ -18,6 +18,7 @@ from skmm.rows import (
     TILE_ROWS,
     Layout,
     PoolRows,
+    SpilledRows,
     block_bounds,
     row_products,
 )
@@ -143,3 +144,16 @@ def test_the_lazy_greedy_streams_rows_and_matches_the_kept_rows(sketched_pool):
     lazy = greedy_design(streamed, 25, "aopt", lazy=True)
     np.testing.assert_array_equal(lazy.order, greedy_design(kept, 25, "aopt", lazy=True).order)
     assert lazy.evaluations < 0.5 * 25 * features.shape[0]  # plain greedy reads N rows a pick
+
+
+def test_spilled_rows_read_back_by_range_and_by_scattered_positions():
+    rows = torch.randn(1000, 5, dtype=torch.float64)
+    spilled = SpilledRows(5)
+    spilled.append(rows[:300])
+    spilled.append(rows[300:])
+    assert torch.equal(spilled.read(10, 20), rows[10:20]) and spilled.read(5, 5).shape == (0, 5)
+    positions = np.array([5, 6, 7, 100, 3, 999, 6, 50, 51, 52, 70])  # runs, repeats, unsorted
+    assert torch.equal(spilled.take(positions), rows[positions])
+    scattered = np.random.default_rng(0).integers(0, 1000, 400)
+    assert torch.equal(spilled.take(scattered), rows[scattered])
+    assert spilled.take(np.zeros(0, dtype=np.int64)).shape == (0, 5)

@@ -445,8 +445,15 @@ class SpilledRows:
             return torch.from_numpy(picked)
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
-        firsts = np.flatnonzero(np.diff(ordered, prepend=-2 * RUN_GAP) > RUN_GAP).tolist()
-        for first, last in zip(firsts, [*firsts[1:], rows.size], strict=True):
+        firsts = np.flatnonzero(np.diff(ordered, prepend=-2 * RUN_GAP) > RUN_GAP)
+        lasts = np.append(firsts[1:], rows.size)
+        alone = lasts - firsts == 1
+        fd, size = self._file.fileno(), self._row_bytes
+        singles = b"".join(
+            os.pread(fd, size, row * size) for row in ordered[firsts[alone]].tolist()
+        )
+        picked[order[firsts[alone]]] = np.frombuffer(singles).reshape(-1, self.width)
+        for first, last in zip(firsts[~alone].tolist(), lasts[~alone].tolist(), strict=True):
             lo, hi = int(ordered[first]), int(ordered[last - 1]) + 1
             picked[order[first:last]] = self._pread(lo, hi)[ordered[first:last] - lo]
         return torch.from_numpy(picked)
