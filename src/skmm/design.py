@@ -235,7 +235,7 @@ def _lazy_greedy(
     inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
     parts = [gain(block, inverse, n) for block in points.chunks()]
     bounds = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
-    fresh_at = torch.zeros(layout.n_local, dtype=torch.int64, device=device)
+    fresh_at = torch.zeros(layout.n_local, dtype=torch.int32, device=device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n)
     picked = torch.empty(n, k, dtype=torch.float64, device=device)
@@ -246,12 +246,11 @@ def _lazy_greedy(
             threshold = value if fresh else -math.inf
             while True:
                 if threshold > -math.inf:
-                    over = torch.nonzero(bounds >= threshold).flatten()
+                    stale = torch.nonzero((bounds >= threshold) & (fresh_at != step)).flatten()
                 elif layout.start <= best < layout.stop:
-                    over = torch.tensor([best - layout.start], device=device)
+                    stale = torch.tensor([best - layout.start], device=device)
                 else:
-                    over = torch.zeros(0, dtype=torch.int64, device=device)
-                stale = over[fresh_at[over] != step]
+                    stale = torch.zeros(0, dtype=torch.int64, device=device)
                 refreshed = -math.inf
                 for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
                     bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
@@ -295,9 +294,9 @@ def _if_settled(
     if bounds.numel():
         first = int(torch.argmax(bounds))
         best = others = [float(bounds[first]), float(layout.start + first)]
-        hits = torch.nonzero(bounds >= threshold).flatten()
-        if hits.numel():
-            local = int(hits[0])
+        reaching = bounds >= threshold
+        if bool(reaching.any()):
+            local = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
             candidate = float(layout.start + local)
             row = take(np.asarray([local]))[0].double().cpu().tolist()
             kept, bounds[local] = float(bounds[local]), -math.inf
