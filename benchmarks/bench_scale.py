@@ -18,6 +18,7 @@ configuration of one N selects the same rows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -139,11 +140,12 @@ def run_configuration(args: argparse.Namespace, rows: int, ranks: int, source: s
     }
 
 
-def slope(points: list[tuple[int, float]]) -> float:
-    """Least-squares slope of log(seconds) against log(N)."""
-    x = np.log([rows for rows, _ in points])
-    y = np.log([seconds for _, seconds in points])
-    return float(np.polyfit(x, y, 1)[0])
+def slopes(points: list[tuple[int, float]]) -> str:
+    """Slope of log(seconds) against log(N) between consecutive N: 1 means linear cost."""
+    return ", ".join(
+        f"{low:.0e}→{high:.0e}: {math.log(t_high / t_low) / math.log(high / low):.2f}"
+        for (low, t_low), (high, t_high) in itertools.pairwise(points)
+    )
 
 
 def main() -> None:
@@ -209,8 +211,7 @@ def main() -> None:
             ]
             if len(points) >= 2:
                 lines.append(
-                    f"Slope of log(seconds) vs log(N), {ranks} rank(s), {source}: "
-                    f"{slope(points):.2f}"
+                    f"Slope of log(seconds) vs log(N), {ranks} rank(s), {source}: {slopes(points)}"
                 )
     print("\n".join(lines))
     (Path(args.workdir) / "results.json").write_text(
