@@ -17,7 +17,7 @@ import torch
 
 import skmm
 from skmm.cli import main
-from skmm.inputs import MemoryLimitError, memory_limit
+from skmm.memory import MemoryLimitError, memory_limit
 from skmm.store import MANIFEST, SketchStore, StoreError
 
 # ---------------------------------------------------------------------------- Python API

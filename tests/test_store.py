@@ -478,3 +478,56 @@ def test_caller_reusing_its_buffer_does_not_change_written_rows(tmp_path):
     buffer[:] = 0
     store.finish()
     np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").features(), features)
+
+
+def test_store_array_reads_ranges_and_rows_shard_by_shard(tmp_path):
+    write_store(tmp_path / "s", 23, shard_rows=4)
+    features, _ = make_rows(0, 23)
+    array = SketchStore.open(tmp_path / "s", verify=False).array()
+    assert array.shape == (23, WIDTH) and len(array) == 23 and array.dtype == np.float32
+    np.testing.assert_array_equal(array[3:18], features[3:18])
+    np.testing.assert_array_equal(array[20:], features[20:])
+    rows = np.array([22, 0, 5, 5, -1])
+    np.testing.assert_array_equal(array[rows], features[rows])
+    np.testing.assert_array_equal(array[7], features[7])
+    np.testing.assert_array_equal(np.asarray(array), features)
+    assert array[10:10].shape == (0, WIDTH)
+    with pytest.raises(IndexError, match="contiguous"):
+        array[::2]
+    with pytest.raises(IndexError, match="out of range"):
+        array[np.array([23])]
+
+
+def test_store_array_checks_a_shard_when_it_first_reads_it(tmp_path):
+    path = tmp_path / "s"
+    write_store(path, 12, shard_rows=4)
+    damaged = path / "shard-00002.npy"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    array = SketchStore.open(path, verify=False).array()
+    np.testing.assert_array_equal(array[0:8], make_rows(0, 8)[0])
+    with pytest.raises(StoreError, match="checksum"):
+        array[9:10]
+    with pytest.raises(StoreError, match="checksum"):
+        SketchStore.open(path)
+
+
+def test_shards_written_by_any_rank_are_listed_in_order(tmp_path):
+    path = tmp_path / "s"
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    entries = [
+        skmm.store.write_shard(
+            path, index, 4 * index, *make_rows(4 * index, min(4 * index + 4, 10))
+        )
+        for index in range(3)
+    ]
+    store.add_shards(entries[:2])
+    listed = json.loads((path / MANIFEST).read_text())
+    assert listed["state"] == "writing" and len(listed["shards"]) == 2
+    with pytest.raises(ValueError, match="not the next one"):
+        store.add_shards([entries[0]])
+    store.add_shards([entries[2]])  # the short last shard waits for finish()
+    assert len(json.loads((path / MANIFEST).read_text())["shards"]) == 2
+    store.finish()
+    assert snapshot(path) == snapshot(write_store(tmp_path / "appended", 10).path)

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .api import get_method, methods, select
+from .distributed import is_main
 from .inputs import MissingDependencyError
 from .io import load_array
 from .selection import Selection
@@ -195,8 +196,8 @@ def _select_command(args: argparse.Namespace) -> int:
         options.setdefault("progress", None)
     labels = None
     if is_store(args.features):
-        stored = SketchStore.open(args.features)
-        features = stored.features()
+        stored = SketchStore.open(args.features, verify=False)
+        features = stored.array()
         if args.stratify or get_method(args.method).requires_labels:
             labels = stored.labels()
     else:
@@ -208,6 +209,8 @@ def _select_command(args: argparse.Namespace) -> int:
     selection = select(
         features, args.n, args.method, labels=labels, random_state=args.seed, **options
     )
+    if not is_main():
+        return 0
     if args.out:
         try:
             selection.save(args.out)
@@ -310,8 +313,9 @@ def _sketch_command(args: argparse.Namespace) -> int:
             store=args.out,
             shard_rows=args.shard_rows,
             progress=False if args.quiet else None,
+            load=False,
         )
-    if not args.quiet:
+    if not args.quiet and is_main():
         meta = result.metadata
         sys.stderr.write(
             f"sketched {result.features.shape[0]} examples: r = {meta['n_params']} parameters "

@@ -17,18 +17,24 @@ groups into eigenvectors. Greedy selection, one row at a time, maximizes with M 
 
 ε (``ridge``) keeps the empty coreset's value finite; a small ε makes every direction worth
 far more before it is covered than after, so the first picks cover the directions.
+
+Both greedies run on this rank's rows (:mod:`skmm.rows`): each pick is the global best
+(ties to the lowest position) and the picked row is broadcast from its owner, so the picks
+are the same on 1 or P ranks. A pool streamed from disk is whitened chunk by chunk and the
+lazy greedy reads back only the rows it refreshes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .progress import progress_bar
+from .rows import CHUNK_ROWS, Layout, PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
@@ -84,20 +90,86 @@ def whiten(rows: torch.Tensor, spectrum: Spectrum, k: int) -> torch.Tensor:
     """z_i = Λ_k^{-1/2} V_kᵀ g̃_i for every row, float64: (N, k)."""
     basis = spectrum.eigenvectors[:, :k].to(rows.device)
     scale = spectrum.eigenvalues[:k].to(rows.device).rsqrt()
-    return (rows.to(torch.float64) @ basis) * scale
+    return row_products(rows.to(torch.float64), basis) * scale
+
+
+class WhitenedRows:
+    """z_i = Λ_k^{-1/2} V_kᵀ g̃_i (float64) for this rank's rows of a pool.
+
+    z is computed once, chunk by chunk. ``keep``: held in memory (in-memory pools);
+    otherwise spilled to a temporary file (:class:`~skmm.rows.SpilledRows`) and read back by
+    chunk or by row, so a memory-mapped pool is streamed and neither it nor z is ever held
+    whole. Both give the same bits. ``spectrum=None``: the rows are z already.
+    """
+
+    def __init__(
+        self, rows: PoolRows, spectrum: Spectrum | None, k: int | None, *, keep: bool
+    ) -> None:
+        self.rows = rows
+        self.layout = rows.layout
+        self.k = rows.n_cols if spectrum is None or k is None else k
+        self._basis = self._scale = None
+        if spectrum is not None:
+            self._basis = spectrum.eigenvectors[:, : self.k].to(rows.device)
+            self._scale = spectrum.eigenvalues[: self.k].to(rows.device).rsqrt()
+        self._kept: torch.Tensor | None = None
+        self._spilled: SpilledRows | None = None
+        if keep:
+            self._kept = torch.empty(
+                self.layout.n_local, self.k, dtype=torch.float64, device=rows.device
+            )
+        else:
+            self._spilled = SpilledRows(self.k)
+        for _, start, block in rows.chunks():
+            if self._kept is not None:
+                self._kept[start : start + block.shape[0]] = self._whiten(block)
+            else:
+                self._spilled.append(self._whiten(block))
+
+    @classmethod
+    def from_tensor(cls, points: torch.Tensor) -> WhitenedRows:
+        """Whitened rows held whole by this process (no communication)."""
+        return cls(PoolRows.from_tensor(points), None, None, keep=True)
+
+    def _whiten(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(torch.float64)
+        if self._basis is None:
+            return rows
+        return row_products(rows, self._basis) * self._scale
+
+    def chunks(self) -> Iterator[torch.Tensor]:
+        """z of this rank's rows, chunk by chunk in order."""
+        for _, start, stop in self.layout.chunks():
+            if self._kept is not None:
+                yield self._kept[start:stop]
+            else:
+                yield self._spilled.read(start, stop).to(self.rows.device)
+
+    def take(self, local: np.ndarray) -> torch.Tensor:
+        """z at the local positions ``local``."""
+        if self._kept is not None:
+            return self._kept[torch.as_tensor(local, device=self._kept.device)]
+        return self._spilled.take(local).to(self.rows.device)
+
+    def tensor(self) -> torch.Tensor:
+        """z of all of this rank's rows, (n_local, k)."""
+        if self._kept is not None:
+            return self._kept
+        return self._spilled.read(0, self.layout.n_local).to(self.rows.device)
 
 
 @dataclass
 class GreedyResult:
-    """Picks in order, the gain of each, and how many gains were evaluated."""
+    """Picks in order, the gain of each, how many gains were evaluated, and the picked z."""
 
     order: np.ndarray
     gains: np.ndarray
     evaluations: int
+    points: torch.Tensor
 
 
 def greedy_design(
-    whitened: torch.Tensor,
+    whitened: torch.Tensor | WhitenedRows,
     n: int,
     criterion: str = "aopt",
     ridge: float = 1e-6,
@@ -107,115 +179,194 @@ def greedy_design(
 ) -> GreedyResult:
     """n distinct rows chosen greedily for ``criterion`` on M = (1/n)Σ_S z zᵀ + εI.
 
-    ``lazy=None`` picks lazy evaluation for "logdet" (exact: its gains only shrink) and, for
-    "aopt", plain greedy while N·n·k ≤ 2·10⁸ and lazy beyond (then a heuristic: A-optimal
-    gains can grow, rarely, so a pick may differ from plain greedy's). Ties go to the lowest
-    row index, so the result is deterministic.
+    ``whitened``: all rows z as a tensor, or this rank's :class:`WhitenedRows` of a pool on
+    several ranks. ``lazy=None`` picks lazy evaluation for "logdet" (exact: its gains only
+    shrink) and, for "aopt", plain greedy while N·n·k ≤ 2·10⁸ and lazy beyond (then a
+    heuristic: A-optimal gains can grow, rarely, so a pick may differ from plain greedy's).
+    Ties go to the lowest row index, so the result is deterministic.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    n_rows, k = whitened.shape
+    if isinstance(whitened, torch.Tensor):
+        whitened = WhitenedRows.from_tensor(whitened)
     if lazy is None:
-        lazy = criterion == "logdet" or n_rows * n * k > PLAIN_GREEDY_LIMIT
+        lazy = criterion == "logdet" or whitened.layout.n_rows * n * whitened.k > PLAIN_GREEDY_LIMIT
+    if whitened.layout.rank > 0:
+        progress = False
     if not lazy and criterion == "aopt":
         return _greedy_aopt(whitened, n, ridge, progress)
     gain = _logdet_gain if criterion == "logdet" else _aopt_gain
-    return _lazy_greedy(whitened.cpu().numpy(), n, ridge, gain, criterion, progress)
+    return _lazy_greedy(whitened, n, ridge, gain, criterion, progress)
 
 
-def _logdet_gain(block: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:
+def _logdet_gain(block: torch.Tensor, inverse: torch.Tensor, n: int) -> torch.Tensor:
     """log det(M + zzᵀ/n) − log det M = log(1 + zᵀM⁻¹z/n) for each row z of ``block``."""
-    return np.log1p(((block @ inverse) * block).sum(axis=1) / n)
+    return torch.log1p((row_products(block, inverse) * block).sum(dim=1) / n)
 
 
-def _aopt_gain(block: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:
+def _aopt_gain(block: torch.Tensor, inverse: torch.Tensor, n: int) -> torch.Tensor:
     """tr M⁻¹ − tr (M + zzᵀ/n)⁻¹ = ‖M⁻¹z‖²/(n + zᵀM⁻¹z) for each row z of ``block``."""
-    image = block @ inverse
-    return (image * image).sum(axis=1) / (n + (image * block).sum(axis=1))
+    image = row_products(block, inverse)
+    return (image * image).sum(dim=1) / (n + (image * block).sum(dim=1))
+
+
+def _add_to_inverse(inverse: torch.Tensor, point: torch.Tensor, n: int) -> torch.Tensor:
+    """M⁻¹ − M⁻¹zzᵀM⁻¹/(n + zᵀM⁻¹z), the inverse after adding zzᵀ/n (Sherman–Morrison)."""
+    image = inverse @ point
+    return inverse - torch.outer(image, image) / (n + float((point * image).sum()))
 
 
 def _lazy_greedy(
-    points: np.ndarray,
+    points: WhitenedRows,
     n: int,
     ridge: float,
-    gain: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+    gain: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     criterion: str,
     progress: bool | None,
 ) -> GreedyResult:
-    """Lazy greedy with vectorized refreshes (Minoux).
+    """Lazy greedy with vectorized refreshes (Minoux), over every rank's rows.
 
     Stale gains serve as upper bounds. Each step refreshes the best bound, then every stale
-    row whose bound reaches the best fresh gain, until none is left; the winner is the
-    lowest-index row with the best gain, as in plain greedy.
+    row whose bound reaches the best fresh gain, until none is left on any rank; the winner
+    is the lowest-position row with the best gain, as in plain greedy. Ranks exchange once
+    per refresh round: the last exchange of a step also settles its winner (with its row)
+    and the next step's best bound, so a step typically costs two exchanges.
     """
-    n_rows, k = points.shape
-    inverse = np.eye(k) / ridge
-    bounds = gain(points, inverse, n)
-    fresh_at = np.zeros(n_rows, dtype=np.int64)
+    layout, k = points.layout, points.k
+    device = points.rows.device
+    inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
+    parts = [gain(block, inverse, n) for block in points.chunks()]
+    bounds = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
+    fresh_at = torch.zeros(layout.n_local, dtype=torch.int32, device=device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n)
-    evaluations = n_rows
+    picked = torch.empty(n, k, dtype=torch.float64, device=device)
+    evaluations = layout.n_rows
+    value, best, fresh = layout.argmax(bounds, flags=fresh_at == 0)
     with progress_bar(n, f"greedy {criterion}", progress, unit="pick") as bar:
         for step in range(n):
-            best = int(np.argmax(bounds))
-            threshold = bounds[best] if fresh_at[best] == step else -math.inf
+            threshold = value if fresh else -math.inf
             while True:
-                over = np.flatnonzero(bounds >= threshold) if threshold > -math.inf else [best]
-                stale = np.asarray(over)[fresh_at[over] != step]
-                if stale.size == 0:
+                if threshold > -math.inf:
+                    stale = torch.nonzero((bounds >= threshold) & (fresh_at != step)).flatten()
+                elif layout.start <= best < layout.stop:
+                    stale = torch.tensor([best - layout.start], device=device)
+                else:
+                    stale = torch.zeros(0, dtype=torch.int64, device=device)
+                refreshed = -math.inf
+                for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
+                    bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
+                if stale.numel():
+                    fresh_at[stale] = step
+                    refreshed = float(bounds[stale].max())
+                settled = _if_settled(bounds, threshold, layout, points.take, k)
+                exchanged = layout.all_ranks([float(stale.numel()), refreshed, *settled])
+                if exchanged[:, 0].sum() == 0:
                     break
-                evaluations += stale.size
-                bounds[stale] = gain(points[stale], inverse, n)
-                fresh_at[stale] = step
-                threshold = max(threshold, float(bounds[stale].max()))
-            row = int(np.flatnonzero(bounds == threshold)[0])
-            order[step], gains[step] = row, threshold
-            bounds[row] = -math.inf
-            point = points[row]
-            image = inverse @ point
-            inverse -= np.outer(image, image) / (n + float(point @ image))
+                evaluations += int(exchanged[:, 0].sum())
+                threshold = max(threshold, float(exchanged[:, 1].max()))
+            row, point, value, best = _settle(exchanged[:, 2:], layout.n_rows)
+            fresh = False  # bounds refreshed in this step are stale in the next
+            order[step], gains[step], picked[step] = row, threshold, point.to(device)
+            if layout.start <= row < layout.stop:
+                bounds[row - layout.start] = -math.inf
+            inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
-    return GreedyResult(order, gains, evaluations)
+    return GreedyResult(order, gains, evaluations, picked)
 
 
-def _greedy_aopt(points: torch.Tensor, n: int, ridge: float, progress: bool | None) -> GreedyResult:
-    """Plain greedy for −tr M⁻¹, keeping q_i = zᵢᵀM⁻¹zᵢ and w_i = ‖M⁻¹zᵢ‖² for all rows.
+def _if_settled(
+    bounds: torch.Tensor,
+    threshold: float,
+    layout: Layout,
+    take: Callable[[np.ndarray], torch.Tensor],
+    width: int,
+) -> list[float]:
+    """What this rank reports in case no rank refreshed a bound this round.
 
-    The rank-one updates start from M⁻¹ = I/ε, so w_i starts near ‖zᵢ‖²/ε² and shrinks by many
-    orders of magnitude as the directions get covered; updating it in place would leave an
-    absolute error of about ε_mach/ε² (1e-4 for ε = 1e-6), enough to reorder close gains. So
-    q and w are recomputed from M⁻¹ whenever max w has fallen by REFRESH_DROP since the last
-    recomputation (about once per selection).
+    [candidate position, best bound and its position, best bound and position without the
+    candidate, the candidate's row]: the candidate is this rank's first row whose bound
+    reaches ``threshold`` (the step's winner is the lowest candidate over ranks); the best
+    bounds give the next step's best once the winner is known.
     """
-    n_rows, k = points.shape
-    inverse = torch.eye(k, dtype=torch.float64, device=points.device) / ridge
-    images = points / ridge
-    quadratic = (points * images).sum(dim=1)
-    squared = (images * images).sum(dim=1)
-    refreshed_at = float(squared.max())
-    available = torch.ones(n_rows, dtype=torch.bool, device=points.device)
+    if threshold == -math.inf:  # a round in which the best row is refreshed: never the last
+        return [math.nan] * (5 + width)
+    candidate, row = float(layout.n_rows), [math.nan] * width
+    best = others = [-math.inf, float(layout.n_rows)]
+    if bounds.numel():
+        first = int(torch.argmax(bounds))
+        best = others = [float(bounds[first]), float(layout.start + first)]
+        reaching = bounds >= threshold
+        if bool(reaching.any()):
+            local = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
+            candidate = float(layout.start + local)
+            row = take(np.asarray([local]))[0].double().cpu().tolist()
+            kept, bounds[local] = float(bounds[local]), -math.inf
+            second = int(torch.argmax(bounds))
+            others = [float(bounds[second]), float(layout.start + second)]
+            bounds[local] = kept
+    return [candidate, *best, *others, *row]
+
+
+def _settle(reports: np.ndarray, n_rows: int) -> tuple[int, torch.Tensor, float, int]:
+    """(winner's position, its row, next step's best bound, its position) from every rank's
+    :func:`_if_settled` report."""
+    owner = int(np.argmin(reports[:, 0]))
+    row = int(reports[owner, 0])
+    point = torch.from_numpy(reports[owner, 5:].copy())
+    nexts = reports[:, 1:3].copy()
+    nexts[owner] = reports[owner, 3:5]
+    value = nexts[:, 0].max()
+    best = int(nexts[nexts[:, 0] == value, 1].min()) if value > -math.inf else n_rows
+    return row, point, float(value), best
+
+
+def _greedy_aopt(points: WhitenedRows, n: int, ridge: float, progress: bool | None) -> GreedyResult:
+    """Plain greedy for −tr M⁻¹, keeping q_i = zᵢᵀM⁻¹zᵢ and w_i = ‖M⁻¹zᵢ‖² for this rank's rows.
+
+    After adding z with u = M⁻¹z and d = n + zᵀu: q_i −= (zᵢᵀu)²/d and
+    w_i += ((zᵢᵀu)²‖u‖²/d − 2(zᵢᵀu)(zᵢᵀM⁻¹u))/d, so each pick costs O(N·k).
+
+    The updates start from M⁻¹ = I/ε, so w_i starts near ‖zᵢ‖²/ε² and shrinks by many orders
+    of magnitude as the directions get covered; updating it in place would leave an absolute
+    error of about ε_mach/ε² (1e-4 for ε = 1e-6), enough to reorder close gains. So q and w
+    are recomputed from M⁻¹ whenever max w over all ranks has fallen by REFRESH_DROP since the
+    last recomputation (about once per selection).
+    """
+    layout, k = points.layout, points.k
+    z = points.tensor()
+    device = z.device
+    tiles = TiledRows(z)
+    inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
+    norms = (z * z).sum(dim=1)
+    quadratic = norms / ridge
+    squared = norms / ridge**2
+    refreshed_at = layout.extremes(squared)[1]
+    available = torch.ones(layout.n_local, dtype=torch.bool, device=device)
     order = np.empty(n, dtype=np.int64)
     gains = np.empty(n)
+    picked = torch.empty(n, k, dtype=torch.float64, device=device)
     with progress_bar(n, "greedy A-optimal", progress, unit="pick") as bar:
         for step in range(n):
             gain = torch.where(available, squared / (n + quadratic), -torch.inf)
-            row = int(torch.argmax(gain))
-            order[step], gains[step] = row, float(gain[row])
-            available[row] = False
-            image = inverse @ points[row]
-            denominator = n + float(points[row] @ image)
-            inverse -= torch.outer(image, image) / denominator
-            along = points @ image
-            shift = images @ image
-            images -= torch.outer(along, image) / denominator
+            value, row, point = layout.best_row(gain, lambda local: z[local])
+            order[step], gains[step], picked[step] = row, value, point
+            if layout.start <= row < layout.stop:
+                available[row - layout.start] = False
+            image = inverse @ point
+            second = inverse @ image
+            denominator = n + float((point * image).sum())
+            inverse = inverse - torch.outer(image, image) / denominator
+            products = tiles.products(torch.stack([image, second], dim=1))
+            along, shift = products[:, 0], products[:, 1]
             quadratic -= along.square() / denominator
-            squared += (along.square() * float(image @ image) / denominator - 2 * along * shift) / (
-                denominator
-            )
-            if float(squared.max()) < REFRESH_DROP * refreshed_at:
-                images = points @ inverse
-                quadratic = (points * images).sum(dim=1)
+            squared += (
+                along.square() * float((image * image).sum()) / denominator - 2 * along * shift
+            ) / denominator
+            if layout.extremes(squared)[1] < REFRESH_DROP * refreshed_at:
+                images = tiles.products(inverse)
+                quadratic = (z * images).sum(dim=1)
                 squared = (images * images).sum(dim=1)
-                refreshed_at = float(squared.max())
+                refreshed_at = layout.extremes(squared)[1]
             bar.update(1)
-    return GreedyResult(order, gains, n * n_rows)
+    return GreedyResult(order, gains, n * layout.n_rows, picked)

@@ -10,80 +10,22 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .store import StoreArray
+
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 SMALLEST_SCALE = 1e-12
 """Inputs whose largest absolute value is below this (but not zero) are refused: the probe's
 standardization treats such columns as constant and float32 squared distances underflow."""
-MEMORY_ENV = "SKMM_MAX_MEMORY"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 
 class MissingDependencyError(ImportError):
     """An optional package a feature needs is not installed; the message says what to install."""
-
-
-class MemoryLimitError(ValueError):
-    """A request that would need more memory than allowed, refused before allocating anything."""
-
-
-def format_bytes(count: float) -> str:
-    """A byte count for people: '512 B', '3.0 MiB', '1.5 TiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
-
-
-def memory_limit(device: torch.device | None = None) -> int | None:
-    """Bytes one request may allocate: ``SKMM_MAX_MEMORY`` if set (e.g. ``8G``, ``512M`` or a
-    byte count), else the memory of a CUDA ``device`` or the machine's physical memory; None
-    where neither is known."""
-    text = os.environ.get(MEMORY_ENV)
-    if text:
-        match = _SIZE.match(text)
-        if not match:
-            raise ValueError(
-                f"{MEMORY_ENV}={text!r} is not a size; use a byte count or e.g. 512M, 8G, 1T"
-            )
-        power = " KMGT".index(match.group(2).upper() or " ")
-        return int(float(match.group(1)) * 1024**power)
-    if device is not None and device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def check_memory(
-    nbytes: int, what: str, alternative: str, device: torch.device | None = None
-) -> None:
-    """Refuse up front (:class:`MemoryLimitError`) when ``what`` needs more than the limit.
-
-    The message gives the size needed, the limit and where it comes from, and
-    ``alternative``: the streaming or smaller way to get the result.
-    """
-    limit = memory_limit(device)
-    if limit is None or nbytes <= limit:
-        return
-    if os.environ.get(MEMORY_ENV):
-        source = f"{MEMORY_ENV}={os.environ[MEMORY_ENV]}"
-    else:
-        where = "the GPU's" if device is not None and device.type == "cuda" else "this machine's"
-        source = f"{where} memory; set {MEMORY_ENV} to change the limit"
-    raise MemoryLimitError(
-        f"{what} needs {format_bytes(nbytes)} of memory, more than the limit of "
-        f"{format_bytes(limit)} ({source}); {alternative}"
-    )
 
 
 def resolve_device(device: str | torch.device | None, like: object = None) -> torch.device:
@@ -184,7 +126,7 @@ class FeatureMatrix:
     checked chunk by chunk as rows are read.
     """
 
-    source: np.ndarray | torch.Tensor
+    source: np.ndarray | torch.Tensor | StoreArray
     name: str
     device: torch.device
     compute_dtype: torch.dtype
@@ -227,6 +169,23 @@ class FeatureMatrix:
         block = block.to(device=self.device, dtype=self.compute_dtype)
         if not self.checked:
             _check_finite_tensor(block, self.name, offset=start)
+        return block
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """The rows at indices ``rows``, like :meth:`rows` (a memmap or store reads only those)."""
+        if isinstance(self.source, torch.Tensor):
+            block = self.source[torch.as_tensor(rows, device=self.source.device)]
+        else:
+            array = self.source[np.asarray(rows, dtype=np.int64)]
+            if not array.dtype.isnative:
+                array = array.astype(array.dtype.newbyteorder("="))
+            block = torch.from_numpy(array)
+        block = block.to(device=self.device, dtype=self.compute_dtype)
+        if not self.checked and block.dtype.is_floating_point:
+            bad = torch.nonzero(~torch.isfinite(block).all(dim=1)).flatten()
+            if bad.numel():
+                first = int(bad[0])
+                _check_finite_tensor(block[first : first + 1], self.name, offset=int(rows[first]))
         return block
 
     def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -303,8 +262,8 @@ def as_feature_matrix(
             )
         if features.is_sparse or features.layout != torch.strided:
             raise TypeError(f"{name} must be a dense tensor, got layout {features.layout}")
-        source: np.ndarray | torch.Tensor = features.detach()
-    elif isinstance(features, np.ndarray):
+        source: np.ndarray | torch.Tensor | StoreArray = features.detach()
+    elif isinstance(features, (np.ndarray, StoreArray)):
         problem = _numpy_dtype_problem(features.dtype)
         if problem:
             raise TypeError(f"{name} must hold real numbers, got {problem} dtype {features.dtype}")
@@ -335,7 +294,7 @@ def as_feature_matrix(
     src_dtype = source.dtype
     is_double = src_dtype in (np.float64, torch.float64)
     compute_dtype = torch.float64 if is_double else torch.float32
-    memory_mapped = isinstance(source, np.memmap)
+    memory_mapped = isinstance(source, (np.memmap, StoreArray))
     matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=not memory_mapped)
     if not memory_mapped:
         largest = 0.0

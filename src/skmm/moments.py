@@ -9,6 +9,10 @@ convex f(s) = Σ_j (λ_j/c − (Pᵀs)_j)_+². :func:`solve` minimizes it by acc
 gradient (FISTA with backtracking and function-value restarts) with the exact projection
 onto the capped simplex; the Frank–Wolfe duality gap certifies how far from optimal it stops.
 Each iteration costs two passes over P: O(N·k).
+
+P, s and the gradient are held as this rank's rows (:mod:`skmm.rows`); what crosses ranks
+is Pᵀs (a k-vector), inner products, and the projection's sums and counts, all added in
+block order, so 1 and P ranks take the same steps.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .progress import progress_bar
+from .rows import Layout
 
 FLOAT64_MOMENTS_LIMIT = 2**22
 FIRST_ROUND_ITERATIONS = 50
@@ -37,26 +42,39 @@ def project_capped_simplex(y: torch.Tensor, cap: float, total: float = 1.0) -> t
 
 
 def _project(
-    y: torch.Tensor, cap: float, total: float = 1.0, tau: float | None = None
+    y: torch.Tensor,
+    cap: float,
+    total: float = 1.0,
+    tau: float | None = None,
+    layout: Layout | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """:func:`project_capped_simplex` from a starting threshold ``tau``; returns (s, τ)."""
+    """:func:`project_capped_simplex` from a starting threshold ``tau``; returns (s, τ).
+
+    With a ``layout``, ``y`` is this rank's part of the vector and every sum, count, min and
+    max is taken over all ranks.
+    """
+    layout = layout or Layout.single(y.numel())
     y = y.to(torch.float64)
-    size = y.numel()
+    size = layout.n_rows
     if cap <= 0 or total <= 0:
         raise ValueError(f"cap and total must be > 0, got cap={cap}, total={total}")
     if size * cap < total * (1 - 1e-12):
         raise ValueError(f"infeasible: {size} entries capped at {cap} cannot sum to {total}")
-    lo = float(y.min()) - cap
-    hi = float(y.max())
-    if tau is None or not lo < tau < hi:
-        tau = min(max((float(y.sum()) - total) / size, lo), hi)
+    lo, hi = layout.extremes(y)
+    mass = layout.total(y)
     tolerance = 1e-14 * max(total, 1.0)
+    if lo >= 0.0 and hi <= cap and abs(mass - total) <= tolerance:
+        return y.clone(), 0.0  # already feasible: its own projection (and support) exactly
+    lo -= cap
+    if tau is None or not lo < tau < hi:
+        tau = min(max((mass - total) / size, lo), hi)
     for _ in range(200):
         shifted = y - tau
         free = (shifted > 0) & (shifted < cap)
-        n_free = int(free.sum())
-        n_capped = int((shifted >= cap).sum())
-        free_sum = float(y[free].sum())
+        free_sum, free_count, capped_count = layout.totals(
+            torch.where(free, y, 0.0), free.to(torch.float64), (shifted >= cap).to(torch.float64)
+        )
+        n_free, n_capped = int(free_count), int(capped_count)
         mass = free_sum - n_free * tau + n_capped * cap
         if abs(mass - total) <= tolerance:
             break
@@ -70,51 +88,93 @@ def _project(
             break
     projected = (y - tau).clamp_(0.0, cap)
     free = (projected > 0) & (projected < cap)
-    residual = total - float(projected.sum())
-    if residual != 0.0 and bool(free.any()):
-        projected[free] += residual / int(free.sum())
+    mass, free_count = layout.totals(projected, free.to(torch.float64))
+    residual, n_free = total - mass, int(free_count)
+    if residual != 0.0 and n_free:
+        projected[free] += residual / n_free
         projected.clamp_(0.0, cap)
     return projected, tau
 
 
 def capped_simplex_minimizer(
-    gradient: torch.Tensor, cap: float, total: float = 1.0
+    gradient: torch.Tensor, cap: float, total: float = 1.0, layout: Layout | None = None
 ) -> torch.Tensor:
-    """argmin_v gᵀv over the capped simplex: cap on the smallest entries of g, rest on the next."""
-    n_full = min(math.floor(total / cap + 1e-9), gradient.numel())
-    order = torch.argsort(gradient, stable=True)
+    """argmin_v gᵀv over the capped simplex: cap on the smallest entries of g, rest on the next.
+
+    Ties go to the lower position; with a ``layout``, over every rank's entries.
+    """
+    layout = layout or Layout.single(gradient.numel())
+    n_full = min(math.floor(total / cap + 1e-9), layout.n_rows)
+    smallest = layout.smallest(gradient, min(n_full + 1, layout.n_rows)) - layout.start
     vertex = torch.zeros_like(gradient, dtype=torch.float64)
-    vertex[order[:n_full]] = cap
+    full = smallest[:n_full]
+    full = full[(full >= 0) & (full < gradient.numel())]
+    vertex[torch.as_tensor(full, device=gradient.device)] = cap
     remainder = total - n_full * cap
-    if remainder > 1e-15 and n_full < gradient.numel():
-        vertex[order[n_full]] = remainder
+    if remainder > 1e-15 and n_full < layout.n_rows:
+        nxt = int(smallest[n_full])
+        if 0 <= nxt < gradient.numel():
+            vertex[nxt] = remainder
     return vertex
 
 
-@dataclass
 class MomentProblem:
     """f(s) = Σ_j (b_j − (Pᵀs)_j)_+² over s ∈ [0, cap]^N with Σs = 1.
 
-    ``moments`` is P (N × k), ``target`` is b = λ/c (k,). P is kept in float64 when it has at
-    most 2^22 entries and in float32 beyond (products are still accumulated into float64).
+    ``moments`` is P (N × k; with a ``layout``, this rank's rows of it), ``target`` is
+    b = λ/c (k,). P is kept in float64 when it has at most 2^22 entries in all and in
+    float32 beyond (products are still accumulated into float64). It is stored by block,
+    column-major, so that P·r is computed row by row and Pᵀs block by block with results
+    that do not depend on how the rows are split over ranks (:mod:`skmm.rows`).
     """
 
-    moments: torch.Tensor
-    target: torch.Tensor
-    cap: float
+    def __init__(
+        self,
+        moments: torch.Tensor,
+        target: torch.Tensor,
+        cap: float,
+        layout: Layout | None = None,
+    ) -> None:
+        self.layout = layout or Layout.single(int(moments.shape[0]))
+        entries = self.layout.n_rows * int(moments.shape[1])
+        dtype = torch.float64 if entries <= FLOAT64_MOMENTS_LIMIT else torch.float32
+        self._columns = [
+            moments[lo:hi].to(dtype).T.contiguous() for lo, hi in self.layout.local_blocks()
+        ]
+        self.n_directions = int(moments.shape[1])
+        self.device = moments.device
+        self.dtype = dtype
+        self.target = target.to(device=moments.device, dtype=torch.float64)
+        self.cap = cap
 
-    def __post_init__(self) -> None:
-        dtype = torch.float64 if self.moments.numel() <= FLOAT64_MOMENTS_LIMIT else torch.float32
-        self.moments = self.moments.to(dtype)
-        self.target = self.target.to(device=self.moments.device, dtype=torch.float64)
+    @property
+    def moments(self) -> torch.Tensor:
+        """P: this rank's rows, (n_local, k)."""
+        if not self._columns:
+            return torch.zeros(0, self.n_directions, dtype=self.dtype, device=self.device)
+        return torch.cat([block.T for block in self._columns])
 
     @property
     def size(self) -> int:
-        return int(self.moments.shape[0])
+        return self.layout.n_rows
 
     def moments_of(self, s: torch.Tensor) -> torch.Tensor:
         """Pᵀs: the weighted moments of s along each direction (float64)."""
-        return (self.moments.T @ s.to(self.moments.dtype)).to(torch.float64)
+        s = s.to(self.dtype)
+        parts = [  # a fresh copy of each slice: the product's rounding can depend on alignment
+            (block @ s[lo:hi].clone()).to(torch.float64)
+            for block, (lo, hi) in zip(self._columns, self.layout.local_blocks(), strict=True)
+        ]
+        like = torch.zeros(self.n_directions, dtype=torch.float64, device=self.device)
+        return self.layout.fold(parts, like)
+
+    def times(self, vector: torch.Tensor) -> torch.Tensor:
+        """P·v for this rank's rows (float64), each row's value independent of the others."""
+        vector = vector.to(self.dtype)
+        parts = [(block.T @ vector).to(torch.float64) for block in self._columns]
+        if not parts:
+            return torch.zeros(0, dtype=torch.float64, device=self.device)
+        return torch.cat(parts)
 
     def shortfall(self, moments: torch.Tensor) -> torch.Tensor:
         """(b − Pᵀs)_+ from the moments Pᵀs."""
@@ -126,21 +186,24 @@ class MomentProblem:
 
     def gradient(self, moments: torch.Tensor) -> torch.Tensor:
         """∇f(s) = −2 P (b − Pᵀs)_+ from the moments Pᵀs."""
-        residual = self.shortfall(moments).to(self.moments.dtype)
-        return (self.moments @ residual).to(torch.float64).mul_(-2.0)
+        return self.times(self.shortfall(moments)).mul_(-2.0)
 
-    def restricted(self, rows: torch.Tensor) -> MomentProblem:
-        """The same problem over the given rows only (the others held at 0)."""
-        return MomentProblem(self.moments[rows], self.target, self.cap)
+    def restricted(self, inside: torch.Tensor) -> MomentProblem:
+        """The same problem over this rank's rows where ``inside`` holds (the others held at
+        0); each row keeps its block, so the restricted problem is split alike on any P."""
+        parts = [
+            block.T[inside[lo:hi]]
+            for block, (lo, hi) in zip(self._columns, self.layout.local_blocks(), strict=True)
+        ]
+        rows = torch.cat(parts) if parts else self.moments
+        return MomentProblem(rows, self.target, self.cap, layout=self.layout.subset(inside))
 
     def lipschitz_estimate(self, iterations: int = 12) -> float:
         """2‖P‖₂², estimated by power iteration on PᵀP from the all-ones vector."""
-        vector = torch.ones(
-            self.moments.shape[1], dtype=self.moments.dtype, device=self.moments.device
-        )
+        vector = torch.ones(self.n_directions, dtype=torch.float64, device=self.device)
         norm_sq = 0.0
         for _ in range(iterations):
-            image = self.moments.T @ (self.moments @ vector)
+            image = self.moments_of(self.times(vector))
             norm = float(image.norm())
             if norm == 0.0:
                 return 1.0
@@ -201,21 +264,23 @@ def solve(
     Large pools are solved on a working set of rows (see :func:`_solve_on_working_sets`):
     ``working_set`` rows are added per round (default 2·(n + k) for a cap of 1/n and k
     directions, used when the pool has over four times as many rows); 0 solves on all rows.
-    The stopping rule is the same, with the gap taken over the whole pool.
+    The stopping rule is the same, with the gap taken over the whole pool. ``start`` is this
+    rank's part of the starting point.
     """
     began = time.perf_counter()
+    layout = problem.layout
     add = _working_set_rows(problem) if working_set is None else working_set
-    if add and add * 4 < problem.size:
-        with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
+    show = progress if layout.rank == 0 else False
+    with progress_bar(max_iter, "moment matching", show, unit="iter") as bar:
+        if add and add * 4 < problem.size:
             return _solve_on_working_sets(problem, start, max_iter, tol, check_every, add, bar)
-    with progress_bar(max_iter, "moment matching", progress, unit="iter") as bar:
-        x = _project(start.to(problem.moments.device), problem.cap)[0]
+        x = _project(start.to(problem.device), problem.cap, layout=layout)[0]
         return _fista(problem, x, max_iter, tol, check_every, bar, began)
 
 
 def _working_set_rows(problem: MomentProblem) -> int:
     """Rows added per working-set round: 2·(n + k), n = ⌈1/cap⌉ rows at the cap, k directions."""
-    return 2 * (math.ceil(1.0 / problem.cap - 1e-9) + int(problem.moments.shape[1]))
+    return 2 * (math.ceil(1.0 / problem.cap - 1e-9) + problem.n_directions)
 
 
 def _solve_on_working_sets(
@@ -236,17 +301,18 @@ def _solve_on_working_sets(
     certifies the stop. When it exceeds twice the gap over W (rows outside W would lower f),
     the ``add`` rows outside W of smallest gradient below the restricted solution's threshold
     (those that would take mass) join W; otherwise the next round continues on the same W.
-    Passes over all N rows happen once per round instead of twice per iteration.
+    Passes over all N rows happen once per round instead of twice per iteration. Rows are
+    ranked by (gradient, position) over every rank, so W is the same on any number of ranks.
     """
     began = time.perf_counter()
-    size, cap = problem.size, problem.cap
-    device = problem.moments.device
-    x = _project(start.to(device), cap)[0]
+    cap, layout = problem.cap, problem.layout
+    device = problem.device
+    x = _project(start.to(device), cap, layout=layout)[0]
     moments = problem.moments_of(x)
     objective = problem.objective(moments)
     gradient = problem.gradient(moments)
     inside = x > 0
-    inside[_smallest(gradient.masked_fill(inside, math.inf), add)] = True
+    inside[_smallest_outside(gradient, inside, add, layout, math.inf)] = True
     trace: dict[str, list[float]] = {
         "objective": [objective],
         "duality_gap": [],
@@ -258,15 +324,14 @@ def _solve_on_working_sets(
     lipschitz = math.nan
     feasible_level = (tol * float(problem.target.norm())) ** 2
     while True:
-        rows = inside.nonzero().squeeze(1)
-        trace["working_set"].append(float(rows.numel()))
+        trace["working_set"].append(layout.total(inside.to(torch.float64)))
         if objective <= feasible_level or iterations >= max_iter:
             inner = None
         else:
-            restricted = problem.restricted(rows)
+            restricted = problem.restricted(inside)
             inner = _fista(
                 restricted,
-                x[rows],
+                x[inside],
                 min(budget, max_iter - iterations),
                 tol,
                 check_every,
@@ -281,12 +346,12 @@ def _solve_on_working_sets(
             for key in ("objective", "seconds"):
                 trace[key].extend(inner.trace[key][1:])
             trace["duality_gap"].extend(inner.trace["duality_gap"])
-            x = torch.zeros(size, dtype=torch.float64, device=device)
-            x[rows] = inner.weights
+            x = torch.zeros(layout.n_local, dtype=torch.float64, device=device)
+            x[inside] = inner.weights
             moments = restricted.moments_of(inner.weights)
             objective = inner.objective
             gradient = problem.gradient(moments)
-        gap = _gap(gradient, x, cap)
+        gap = _gap(gradient, x, cap, layout)
         trace["duality_gap"].append(gap)
         if objective <= feasible_level:
             reason = "moments matched"
@@ -298,11 +363,10 @@ def _solve_on_working_sets(
             if gap > OUTSIDE_GAP_FACTOR * inner.gap:
                 held = x > 0
                 free = held & (x < cap)
-                threshold = float(gradient[free if bool(free.any()) else held].max())
-                outside = gradient.masked_fill(inside, math.inf)
-                joining = _smallest(outside, add)
-                joining = joining[outside[joining] < threshold]
-                if joining.numel() > 0:
+                pool = free if layout.total(free.to(torch.float64)) > 0 else held
+                threshold = layout.extremes(gradient[pool])[1]
+                joining = _smallest_outside(gradient, inside, add, layout, threshold)
+                if layout.all_ranks([float(joining.numel())]).sum() > 0:
                     inside[joining] = True
                     continue
             if inner.reason == "max_iter":
@@ -322,10 +386,19 @@ def _solve_on_working_sets(
         )
 
 
-def _smallest(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` smallest finite entries of ``values`` (fewer if there are not)."""
-    count = min(count, int(torch.isfinite(values).sum()))
-    return torch.topk(values, count, largest=False, sorted=False).indices
+def _smallest_outside(
+    gradient: torch.Tensor, inside: torch.Tensor, count: int, layout: Layout, below: float
+) -> torch.Tensor:
+    """This rank's local positions among the ``count`` rows outside ``inside`` of smallest
+    (gradient, position) over every rank, keeping those with gradient < ``below``."""
+    outside = gradient.masked_fill(inside, math.inf)
+    positions = layout.smallest(outside, count) if count > 0 else []
+    local = torch.as_tensor(
+        [p - layout.start for p in positions if layout.start <= p < layout.stop],
+        dtype=torch.int64,
+        device=gradient.device,
+    )
+    return local[outside[local] < below]
 
 
 def _fista(
@@ -340,7 +413,7 @@ def _fista(
 ) -> SolverResult:
     """The FISTA iterations of :func:`solve` from a feasible ``x`` (``offset``: iterations
     already done, for the progress bar and the gap-check schedule)."""
-    cap = problem.cap
+    cap, layout = problem.cap, problem.layout
     tau = None
     ux = problem.moments_of(x)
     fx = problem.objective(ux)
@@ -370,11 +443,12 @@ def _fista(
             uy = ux + beta * (ux - ux_prev) if beta else ux
             fy = problem.objective(uy)
             gradient = problem.gradient(uy)
-            x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau)
+            x_new, tau = _project(y - gradient / lipschitz, cap, tau=tau, layout=layout)
             u_new = problem.moments_of(x_new)
             f_new = problem.objective(u_new)
             step = x_new - y
-            bound = fy + float(gradient @ step) + 0.5 * lipschitz * float(step @ step)
+            along, length = layout.totals(gradient * step, step * step)
+            bound = fy + along + 0.5 * lipschitz * length
             if f_new <= bound + 1e-12 * abs(fy):
                 break
             lipschitz *= 2.0
@@ -416,10 +490,10 @@ def _fista(
 
 def duality_gap(problem: MomentProblem, s: torch.Tensor, moments: torch.Tensor) -> float:
     """Frank–Wolfe gap max_v ∇f(s)ᵀ(s − v) over the capped simplex: an upper bound on f(s) − f*."""
-    return _gap(problem.gradient(moments), s, problem.cap)
+    return _gap(problem.gradient(moments), s, problem.cap, problem.layout)
 
 
-def _gap(gradient: torch.Tensor, s: torch.Tensor, cap: float) -> float:
-    """gᵀ(s − v*) with v* the capped-simplex vertex minimizing gᵀv."""
-    vertex = capped_simplex_minimizer(gradient, cap)
-    return max(0.0, float(gradient @ (s - vertex)))
+def _gap(gradient: torch.Tensor, s: torch.Tensor, cap: float, layout: Layout) -> float:
+    """gᵀ(s − v*) over every rank's rows, v* the capped-simplex vertex minimizing gᵀv."""
+    vertex = capped_simplex_minimizer(gradient, cap, layout=layout)
+    return max(0.0, layout.dot(gradient, s - vertex))

@@ -27,9 +27,9 @@ from .inputs import (
     FeatureMatrix,
     as_feature_matrix,
     check_choice,
-    check_memory,
     check_positive_int,
 )
+from .memory import check_memory
 from .progress import progress_bar
 from .seeding import SEED_MAX, derive_seed
 
@@ -285,16 +285,24 @@ def sketch_features(
     batch_size: int | None = None,
     *,
     progress: bool | None = False,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`."""
+    """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`.
+
+    ``rows``: sketch only rows [start, stop) (start on a 128-row tile boundary), e.g. one
+    rank's share of the pool; their sketch equals those rows of the whole pool's.
+    """
     if batch_size is None:
         batch_size = default_batch_rows(features, sketch_dim)
     batch_size = check_positive_int(batch_size, "batch_size")
     batch_size = math.ceil(batch_size / TILE_ROWS) * TILE_ROWS
+    first, last = rows if rows is not None else (0, features.n_rows)
+    if first % TILE_ROWS:
+        raise ValueError(f"rows must start on a multiple of {TILE_ROWS}, got {first}")
     itemsize = torch.empty((), dtype=features.compute_dtype).element_size()
     check_memory(
-        features.n_rows * sketch_dim * itemsize,
-        f"the ({features.n_rows}, {sketch_dim}) sketch",
+        (last - first) * sketch_dim * itemsize,
+        f"the ({last - first}, {sketch_dim}) sketch",
         "use a smaller sketch_dim, or sketch row ranges separately and write each to disk "
         "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch when a "
         "is a multiple of 128)",
@@ -309,10 +317,13 @@ def sketch_features(
         dtype=features.compute_dtype,
     )
     out = torch.empty(
-        features.n_rows, sketch_dim, dtype=features.compute_dtype, device=features.device
+        last - first, sketch_dim, dtype=features.compute_dtype, device=features.device
     )
-    with progress_bar(features.n_rows, "sketch", progress, unit="row") as bar:
-        for start, rows in features.chunks(batch_size):
-            out[start : start + rows.shape[0]] = sketch_map.apply(rows).to(out.dtype)
-            bar.update(rows.shape[0])
+    with progress_bar(last - first, "sketch", progress, unit="row") as bar:
+        for start in range(first, last, batch_size):
+            block = features.rows(start, min(start + batch_size, last))
+            out[start - first : start - first + block.shape[0]] = sketch_map.apply(block).to(
+                out.dtype
+            )
+            bar.update(block.shape[0])
     return out

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .rows import PoolRows
+
 UNSKETCHED_MAX_COLUMNS = 16384
 """Widest matrix whose r×r float64 covariance is formed without sketching (2 GiB)."""
 
@@ -43,11 +45,31 @@ def covariance(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch
     return rows.T @ (rows * weights.to(torch.float64)[:, None])
 
 
-def spectrum(rows: torch.Tensor) -> Spectrum:
-    """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64."""
-    values, vectors = torch.linalg.eigh(covariance(rows))
+def pool_covariance(rows: PoolRows) -> torch.Tensor:
+    """Σ̃ = G̃ᵀG̃/N in float64 over every rank's rows, streamed chunk by chunk.
+
+    Chunk products G̃_cᵀG̃_c are added in chunk order into one partial per block and the
+    partials in block order (:mod:`skmm.rows`), so Σ̃ is the same on 1 or P ranks.
+    """
+    width = rows.n_cols
+    like = torch.zeros(width, width, dtype=torch.float64, device=rows.device)
+    partials = [like.clone() for _ in rows.layout.local_blocks()]
+    for block, _, chunk in rows.chunks():
+        chunk = chunk.to(torch.float64)
+        partials[block] = partials[block] + chunk.T @ chunk
+    return rows.layout.fold(partials, like) / rows.n_rows
+
+
+def spectrum(rows: torch.Tensor | PoolRows) -> Spectrum:
+    """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64.
+
+    A tensor is the whole pool on this process; :class:`~skmm.rows.PoolRows` are this
+    rank's rows of a pool spread over ranks.
+    """
+    pool = rows if isinstance(rows, PoolRows) else PoolRows.from_tensor(rows)
+    values, vectors = torch.linalg.eigh(pool_covariance(pool))
     order = torch.argsort(values, descending=True)
-    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], int(rows.shape[0]))
+    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], pool.n_rows)
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, n_rows: int) -> int:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import check_memory
 from .io import atomic_write, read_json, write_json
+from .memory import check_memory
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -81,6 +81,7 @@ class SketchStore:
         self._pending_features: list[np.ndarray] = []
         self._pending_labels: list[np.ndarray] = []
         self._pending_rows = 0
+        self._pending_entry: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "writing"
@@ -142,8 +143,12 @@ class SketchStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SketchStore:
-        """Open a complete store for reading, verifying every file's checksum, shape and dtype."""
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> SketchStore:
+        """Open a complete store for reading, verifying every file's checksum, shape and dtype.
+
+        ``verify=False`` checks the manifest only; :meth:`array` then checks each shard the
+        first time it reads it (for stores larger than memory, read by several ranks).
+        """
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no sketch store at {path}: it does not exist")
@@ -159,7 +164,7 @@ class SketchStore:
                 "rerun the same `skmm sketch` command to resume"
             )
         store = cls(path, manifest, writable=False)
-        for shard in store._shards:
+        for shard in store._shards if verify else ():
             store._read_features(shard)
             store._read_labels(shard)
         return store
@@ -220,6 +225,10 @@ class SketchStore:
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict; got {type(metadata).__name__}")
         self._guarded_flush(final=True)
+        if self._pending_entry is not None:
+            self._shards.append(self._pending_entry)
+            self.rows_done += self._pending_entry["rows"]
+            self._pending_entry = None
         self.complete, self.metadata = True, metadata
         try:
             self._write_manifest()
@@ -241,6 +250,10 @@ class SketchStore:
             out[shard["start"] : shard["start"] + shard["rows"]] = self._read_features(shard)
         return out
 
+    def array(self) -> StoreArray:
+        """The (N, m) rows as a :class:`StoreArray`: read shard by shard, only when asked for."""
+        return StoreArray(self)
+
     def labels(self) -> np.ndarray | None:
         """The (N,) int64 labels, or None when the store has none."""
         if not self._has_labels:
@@ -249,6 +262,34 @@ class SketchStore:
         for shard in self._shards:
             out[shard["start"] : shard["start"] + shard["rows"]] = self._read_labels(shard)
         return out
+
+    def add_shards(self, entries: list[dict[str, Any]]) -> None:
+        """List shards written by :func:`write_shard` (by any rank), next in order.
+
+        Full shards are listed in the manifest at once; a shorter one must be the last and
+        is listed by :meth:`finish`.
+        """
+        self._check_writable("add shards to")
+        if self._pending_rows or (self._pending_entry is not None and entries):
+            raise ValueError("shards cannot be added after appended rows or a short last shard")
+        for entry in entries:
+            expected = len(self._shards)
+            if entry["index"] != expected or entry["start"] != self.rows_done:
+                raise ValueError(
+                    f"shard {entry['index']} (row {entry['start']}) is not the next one: "
+                    f"expected shard {expected} at row {self.rows_done}"
+                )
+            labelled = entry["labels_file"] is not None
+            if self._has_labels is not None and labelled != self._has_labels:
+                raise ValueError("labels must be given with every shard or with none")
+            self._has_labels = labelled
+            if entry["rows"] < self.shard_rows:
+                self._pending_entry = entry
+                continue
+            self._shards.append(entry)
+            self.rows_done += entry["rows"]
+        if entries and self._pending_entry is None:
+            self._write_manifest()
 
     def verify_request(self, identity: dict[str, Any]) -> None:
         """StoreError when ``identity`` differs from the stored one, naming each differing key."""
@@ -301,19 +342,7 @@ class SketchStore:
         return features, labels
 
     def _write_shard(self, features: np.ndarray, labels: np.ndarray | None) -> None:
-        index = len(self._shards)
-        entry: dict[str, Any] = {
-            "index": index,
-            "start": self.rows_done,
-            "rows": int(features.shape[0]),
-            "file": f"shard-{index:05d}.npy",
-            "sha256": _write_npy_bytes(self.path / f"shard-{index:05d}.npy", features),
-            "labels_file": None,
-            "labels_sha256": None,
-        }
-        if labels is not None:
-            entry["labels_file"] = f"labels-{index:05d}.npy"
-            entry["labels_sha256"] = _write_npy_bytes(self.path / entry["labels_file"], labels)
+        entry = write_shard(self.path, len(self._shards), self.rows_done, features, labels)
         self._shards.append(entry)
         self.rows_done += entry["rows"]
 
@@ -371,7 +400,118 @@ class SketchStore:
         ).astype(np.int64, copy=False)
 
 
+class StoreArray:
+    """The (N, m) float32 rows of a complete store, read on demand shard by shard.
+
+    Indexing with a slice, an int or an array of ints reads only the shards holding those
+    rows, through a memory-map dropped right after the copy, so a store larger than memory
+    can be streamed with memory bounded by what is asked for. A shard's sha256 is checked
+    the first time it is read (streamed 1 MiB at a time).
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, store: SketchStore) -> None:
+        self.store = store
+        self.shape = (store.rows_done, store.sketch_dim)
+        self._starts = np.asarray(
+            [shard["start"] for shard in store._shards] + [store.rows_done], dtype=np.int64
+        )
+        self._verified: set[int] = set()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"StoreArray({str(self.store.path)!r}, shape={self.shape})"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = self[0 : self.shape[0]]
+        return rows if dtype is None else rows.astype(dtype)
+
+    def _shard(self, index: int) -> np.ndarray:
+        shard = self.store._shards[index]
+        path = self.store.path / shard["file"]
+        if index not in self._verified:
+            _check_sha256(path, shard["sha256"], self.store.path)
+            self._verified.add(index)
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise StoreError(
+                f"store {self.store.path}: {shard['file']} is not a valid .npy file: {exc}"
+            ) from None
+        if mapped.dtype != _FEATURE_DTYPE or mapped.shape != (shard["rows"], self.shape[1]):
+            raise StoreError(
+                f"store {self.store.path}: {shard['file']} changed after it was verified"
+            )
+        return mapped
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("a store is read in contiguous row ranges or by row indices")
+            out = np.empty((max(0, stop - start), self.shape[1]), dtype=np.float32)
+            if stop <= start:
+                return out
+            first = int(np.searchsorted(self._starts, start, side="right")) - 1
+            last = int(np.searchsorted(self._starts, stop - 1, side="right")) - 1
+            for index in range(first, last + 1):
+                lo = max(start, int(self._starts[index]))
+                hi = min(stop, int(self._starts[index + 1]))
+                base = int(self._starts[index])
+                out[lo - start : hi - start] = self._shard(index)[lo - base : hi - base]
+            return out
+        if isinstance(key, (int, np.integer)):
+            return self[np.asarray([key])][0]
+        rows = np.asarray(key)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise IndexError("a store is read in contiguous row ranges or by row indices")
+        rows = np.where(rows < 0, rows + self.shape[0], rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for a store of {self.shape[0]} rows")
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        shards = np.searchsorted(self._starts, rows, side="right") - 1
+        order = np.argsort(shards, kind="stable")
+        splits = np.flatnonzero(np.diff(shards[order])) + 1
+        for group in np.split(order, splits) if rows.size else ():
+            index = int(shards[group[0]])
+            out[group] = self._shard(index)[rows[group] - self._starts[index]]
+        return out
+
+
 # --------------------------------------------------------------------- helpers
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    index: int,
+    start: int,
+    features: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Write shard ``index`` (rows from ``start``) atomically; return its manifest entry.
+
+    Any rank may write its own shards this way; :meth:`SketchStore.add_shards` lists them.
+    """
+    path = Path(path)
+    features = np.ascontiguousarray(features, dtype=_FEATURE_DTYPE)
+    entry: dict[str, Any] = {
+        "index": index,
+        "start": start,
+        "rows": int(features.shape[0]),
+        "file": f"shard-{index:05d}.npy",
+        "sha256": _write_npy_bytes(path / f"shard-{index:05d}.npy", features),
+        "labels_file": None,
+        "labels_sha256": None,
+    }
+    if labels is not None:
+        entry["labels_file"] = f"labels-{index:05d}.npy"
+        labels = np.ascontiguousarray(labels, dtype=_LABEL_DTYPE)
+        entry["labels_sha256"] = _write_npy_bytes(path / entry["labels_file"], labels)
+    return entry
 
 
 def _new_manifest(identity: dict[str, Any], shard_rows: int) -> dict[str, Any]:
@@ -535,6 +675,28 @@ def _write_npy_bytes(path: Path, array: np.ndarray) -> str:
     with atomic_write(path) as stream:
         stream.write(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _check_sha256(path: Path, sha256: str, directory: Path) -> None:
+    """StoreError unless the file at ``path`` is a plain file (not a symbolic link) that
+    hashes to ``sha256`` (read 1 MiB at a time)."""
+    if path.is_symlink():
+        raise StoreError(
+            f"store {directory}: {path.name} is a symbolic link; a store holds plain files"
+        )
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(2**20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise StoreError(f"store {directory}: {path.name} is missing") from None
+    except OSError as exc:
+        raise StoreError(f"store {directory}: {path.name} could not be read: {exc}") from None
+    if digest.hexdigest() != sha256:
+        raise StoreError(
+            f"store {directory}: {path.name} fails its checksum (changed, truncated or corrupt)"
+        )
 
 
 def _read_npy(

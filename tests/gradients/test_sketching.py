@@ -258,3 +258,12 @@ def test_non_finite_gradients_name_the_examples():
     rows[7] = float("nan")
     with pytest.raises(ValueError, match=r"non-finite per-sample gradients for example\(s\) \[7\]"):
         sketch_gradients(model, TensorDataset(rows), sketch_dim=4, batch_size=4)
+
+
+def test_a_complete_store_of_one_short_shard_is_read_back(tmp_path):
+    model, data = small_cnn(), image_data(rows=10)
+    options = {"sketch_dim": 8, "store": tmp_path / "store", "shard_rows": 16, "batch_size": 4}
+    first = sketch_gradients(model, data, **options)
+    again = sketch_gradients(model, data, **options)
+    assert first.features.shape == (10, 8)
+    np.testing.assert_array_equal(again.features, first.features)

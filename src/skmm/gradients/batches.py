@@ -58,12 +58,15 @@ def dataset_length(data: object) -> int | None:
         return None
 
 
-def iterate_batches(data: object, batch_size: int, start: int = 0) -> Iterator[Batch]:
+def iterate_batches(
+    data: object, batch_size: int, start: int = 0, stop: int | None = None
+) -> Iterator[Batch]:
     """Batches of ``data`` in a fixed row order (see the module docstring for the shapes).
 
     ``start`` > 0 skips rows: a map-style dataset is indexed from there (rows before it are
     never read); other sources are read and the rows dropped. The first batch then holds
-    rows from ``start`` on.
+    rows from ``start`` on. ``stop`` ends the rows there (a map-style dataset is indexed up
+    to it; other sources stop being read once past it).
     """
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
@@ -73,8 +76,9 @@ def iterate_batches(data: object, batch_size: int, start: int = 0) -> Iterator[B
             )
         source: Iterable[object] = data
     elif isinstance(data, Dataset) and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        rows = range(start, len(data))  # type: ignore[arg-type]
-        start = 0
+        end = len(data) if stop is None else min(stop, len(data))  # type: ignore[arg-type]
+        rows = range(start, end)
+        start, stop = 0, None
         source = DataLoader(Subset(data, rows), batch_size=batch_size, shuffle=False)
     elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str, bytes)):
         source = data
@@ -85,9 +89,13 @@ def iterate_batches(data: object, batch_size: int, start: int = 0) -> Iterator[B
         )
     seen = 0
     for position, raw in enumerate(source):
+        if stop is not None and seen >= stop:
+            return
         batch = _as_batch(raw, position)
         if seen + batch.size > start:
-            yield batch.rows(max(0, start - seen), batch.size) if seen < start else batch
+            last = batch.size if stop is None else min(batch.size, stop - seen)
+            first = max(0, start - seen)
+            yield batch if (first, last) == (0, batch.size) else batch.rows(first, last)
         seen += batch.size
 
 

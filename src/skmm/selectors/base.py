@@ -11,6 +11,11 @@ A selector is an estimator in scikit-learn's style: parameters in ``__init__``, 
 
 With ``stratify`` and labels, :meth:`fit` splits the budget over classes and runs
 ``_select`` on each class's rows with its own derived seed.
+
+Under torchrun every rank calls :meth:`fit` with the same arguments. A selector marked
+``row_separable`` (SkMM, uniform) then works on this rank's rows (:mod:`skmm.rows`) and
+reduces across ranks; any other method runs on rank 0 over the whole pool, and the
+selection is broadcast, so every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels, check_memory
+from .. import distributed
+from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels
+from ..memory import check_memory
 from ..seeding import derive_seed, resolve_seed
 from ..selection import Selection
 
@@ -45,6 +52,8 @@ class Selector:
 
     name: ClassVar[str] = ""
     requires_labels: ClassVar[bool] = False
+    row_separable: ClassVar[bool] = False
+    """True when the method runs on each rank's rows and reduces across ranks."""
 
     def __init__(
         self,
@@ -113,10 +122,13 @@ class Selector:
     def _restrict(cls, data: Any, rows: np.ndarray) -> Any:
         """The part of ``data`` for the pool rows ``rows`` (used per class when stratifying).
 
-        Tensors and arrays are indexed by row; tuples and lists are restricted item by item.
+        Tensors and arrays are indexed by row; tuples and lists are restricted item by item;
+        objects with a ``restrict`` method (:mod:`skmm.rows` layouts and rows) restrict themselves.
         """
         if data is None:
             return None
+        if hasattr(data, "restrict"):
+            return data.restrict(rows)
         if isinstance(data, (tuple, list)):
             return type(data)(cls._restrict(item, rows) for item in data)
         if isinstance(data, np.ndarray):
@@ -127,9 +139,24 @@ class Selector:
         raise NotImplementedError
 
     def fit(self, features: object, labels: object = None) -> Selector:
-        """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``."""
+        """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``.
+
+        Under torchrun, every rank passes the same ``features`` (e.g. the same memory-mapped
+        file or sketch store) and gets the same selection.
+        """
+        size = distributed.world()[1]
+        if size > 1 and not self.row_separable:
+            self.selection_ = distributed.run_on_main(lambda: self._fit(features, labels, 1))
+            self.selection_.info["distributed"] = {"world_size": size, "ran_on": "rank 0"}
+        else:
+            self.selection_ = self._fit(features, labels, size)
+        return self
+
+    def _fit(self, features: object, labels: object, size: int) -> Selection:
         began = time.perf_counter()
         seed = resolve_seed(self.random_state)
+        if size > 1:
+            seed = distributed.broadcast_object(seed)
         matrix = as_feature_matrix(features, device=self.device)
         n_pool = matrix.n_rows
         n = check_budget(self.n, n_pool)
@@ -175,8 +202,9 @@ class Selector:
             **info,
             "timings": timings,
         }
-        self.selection_ = Selection(indices, weights, info)
-        return self
+        if size > 1:
+            info["distributed"] = {"world_size": size, "ran_on": "all ranks"}
+        return Selection(indices, weights, info)
 
     def _select_per_class(
         self,

@@ -10,6 +10,12 @@
      min_{s ∈ [0,1/n]^N, Σs=1} Σ_j (λ_j/c − (Pᵀs)_j)_+² with P_ij = (v_jᵀ g̃_i)², solved by
      accelerated projected gradient from s = 1/n on n uniform rows, then rounded to exactly
      n rows by a fixed-size design with inclusion probabilities n·s_i (:mod:`skmm.rounding`).
+
+Every stage is row-separable (DESIGN.md §6): under torchrun each rank sketches, whitens and
+scores its own rows (:mod:`skmm.rows`), and the covariance, the greedy's picks and the
+solver's sums are reduced across ranks, giving the single process's selection. A
+memory-mapped pool or sketch store is streamed chunk by chunk and never loaded whole; the
+seed objective's rounding gathers the N weights s (N floats) and draws on every rank.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..design import CRITERIA, choose_directions, greedy_design, whiten
+from ..design import CRITERIA, WhitenedRows, choose_directions, greedy_design
 from ..inputs import (
     FeatureMatrix,
     check_choice,
@@ -29,6 +35,7 @@ from ..inputs import (
 )
 from ..moments import MomentProblem, solve
 from ..rounding import ROUNDINGS, round_weights
+from ..rows import PoolRows, row_products
 from ..seeding import derive_seed, numpy_rng
 from ..sketch import SKETCH_KINDS, sketch_features
 from ..spectrum import UNSKETCHED_MAX_COLUMNS, Spectrum, spectrum
@@ -53,6 +60,7 @@ class SkMM(Selector):
     """
 
     name = "skmm"
+    row_separable = True
 
     def __init__(
         self,
@@ -143,31 +151,34 @@ class SkMM(Selector):
 
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    ) -> tuple[PoolRows, dict[str, Any]]:
         began = time.perf_counter()
         self._sketched_dim = None if self.sketch == "none" else self.sketch_dim
+        rows = PoolRows.of(features)
         if self.sketch == "none" or features.n_cols <= self.sketch_dim:
             reason = "sketch='none'" if self.sketch == "none" else "r <= sketch_dim"
-            sketched = features.to_tensor()
             info: dict[str, Any] = {"sketch": {"kind": "none", "reason": reason}}
         else:
             sketch_seed = derive_seed(seed, "sketch")
+            layout = rows.layout
             sketched = sketch_features(
                 features,
                 self.sketch_dim,
                 self.sketch,
                 sketch_seed,
                 self.batch_size,
-                progress=self.progress,
+                progress=self.progress if layout.rank == 0 else False,
+                rows=(layout.start, layout.stop),
             )
+            rows = PoolRows(layout, sketched)
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
         info["timings"] = {"sketch": time.perf_counter() - began}
-        return sketched, info
+        return rows, info
 
-    def _select(self, data: torch.Tensor, n: int, seed: int) -> MethodOutput:
-        pool = int(data.shape[0])
+    def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
+        pool = data.n_rows
         began = time.perf_counter()
         spec = spectrum(data)
         rank = spec.effective_rank()
@@ -195,16 +206,18 @@ class SkMM(Selector):
         output.info["timings"] = {**timings, **output.info.get("timings", {})}
         return output
 
-    def _match_matrix(self, data: torch.Tensor, spec: Spectrum, n: int) -> MethodOutput:
-        """Greedy D-/A-optimal design on the top whitened directions (:mod:`skmm.design`)."""
+    def _match_matrix(self, data: PoolRows, spec: Spectrum, n: int) -> MethodOutput:
+        """Greedy D-/A-optimal design on the top whitened directions (:mod:`skmm.design`).
+
+        In-memory pools keep the whitened rows in memory; streamed ones spill them to disk.
+        """
         began = time.perf_counter()
         choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
-        whitened = whiten(data, spec, choice.k)
+        whitened = WhitenedRows(data, spec, choice.k, keep=data.in_memory)
         result = greedy_design(
             whitened, n, self.objective, self._option("ridge"), progress=self.progress
         )
-        moment = whitened[torch.as_tensor(result.order, device=whitened.device)]
-        gammas = torch.linalg.eigvalsh(moment.T @ moment / n).cpu().numpy()
+        gammas = torch.linalg.eigvalsh(result.points.T @ result.points / n).cpu().numpy()
         smallest = float(gammas[0])
         info = {
             "directions": {"k": choice.k, "rule": choice.rule, "gap_ratio": choice.gap},
@@ -218,17 +231,30 @@ class SkMM(Selector):
         return MethodOutput(result.order, None, info)
 
     def _match_diagonal(
-        self, data: torch.Tensor, spec: Spectrum, rank: int, n: int, seed: int
+        self, data: PoolRows, spec: Spectrum, rank: int, n: int, seed: int
     ) -> MethodOutput:
-        """The seed's objective, solved on the capped simplex and rounded (:mod:`skmm.moments`)."""
-        pool = int(data.shape[0])
+        """The seed's objective, solved on the capped simplex and rounded (:mod:`skmm.moments`).
+
+        The solver runs on this rank's rows of P; the weights are gathered for the rounding.
+        """
+        pool, layout = data.n_rows, data.layout
         began = time.perf_counter()
         values = spec.eigenvalues[:rank]
-        projections = data.to(torch.float64) @ spec.eigenvectors[:, :rank]
-        problem = MomentProblem(projections.square(), values / self._option("c"), 1.0 / n)
-        start = torch.zeros(pool, dtype=torch.float64, device=data.device)
+        vectors = spec.eigenvectors[:, :rank].to(data.device)
+
+        def project(rows: torch.Tensor) -> torch.Tensor:
+            return row_products(rows.to(torch.float64), vectors)
+
+        parts = [project(rows).square_() for _, _, rows in data.chunks()]
+        squares = (
+            torch.cat(parts)
+            if parts
+            else torch.zeros(0, rank, dtype=torch.float64, device=data.device)
+        )
+        problem = MomentProblem(squares, values / self._option("c"), 1.0 / n, layout=layout)
+        del parts, squares
         start_rows = numpy_rng(seed, "init").choice(pool, size=n, replace=False)
-        start[torch.as_tensor(start_rows, device=data.device)] = 1.0 / n
+        start = _local_indicator(start_rows, layout.start, layout.n_local, 1.0 / n, data.device)
         result = solve(
             problem,
             start,
@@ -238,35 +264,45 @@ class SkMM(Selector):
         )
         timings = {"solve": time.perf_counter() - began}
         began = time.perf_counter()
-        weights = result.weights.cpu().numpy()
+        weights = layout.gather(result.weights).cpu().numpy()
         indices = round_weights(weights, n, self._option("rounding"), numpy_rng(seed, "rounding"))
         timings["rounding"] = time.perf_counter() - began
         chosen = weights[indices]
         chosen = chosen / chosen.sum() if chosen.sum() > 0 else np.full(n, 1.0 / n)
-        drawn = torch.zeros(pool, dtype=torch.float64, device=data.device)
-        drawn[torch.as_tensor(indices, device=data.device)] = 1.0 / n
+        drawn = _local_indicator(indices, layout.start, layout.n_local, 1.0 / n, data.device)
+        picked = layout.rows_at(lambda local: project(data.take(local)), indices)
         info = {
             "solver": result.summary(),
             "objective": result.objective,
             "coreset_objective": problem.objective(problem.moments_of(drawn)),
-            **coreset_condition(projections, values, indices, spec.intrinsic_dimension()),
+            **coreset_condition(picked, values, spec.intrinsic_dimension()),
             "timings": timings,
         }
         return MethodOutput(indices, chosen, info)
 
 
-def coreset_condition(
-    projections: torch.Tensor, eigenvalues: torch.Tensor, indices: np.ndarray, rank: int
-) -> dict[str, Any]:
+def _local_indicator(
+    positions: np.ndarray, start: int, n_local: int, value: float, device: torch.device
+) -> torch.Tensor:
+    """This rank's part of the N-vector holding ``value`` at ``positions`` and 0 elsewhere."""
+    out = torch.zeros(n_local, dtype=torch.float64, device=device)
+    local = np.asarray(positions, dtype=np.int64) - start
+    local = local[(local >= 0) & (local < n_local)]
+    out[torch.as_tensor(local, device=device)] = value
+    return out
+
+
+def coreset_condition(picked: torch.Tensor, eigenvalues: torch.Tensor, rank: int) -> dict[str, Any]:
     """c_S on the top directions: the least c with Σ̃ ⪯ c·Σ̃_S there (inf if Σ̃_S is singular).
 
-    In whitened coordinates z_i = Λ_k^{-1/2} V_kᵀ g̃_i the pool's moment is I, so
+    ``picked`` holds the coreset's projections v_jᵀ g̃_i (n × directions). In whitened
+    coordinates z_i = Λ_k^{-1/2} V_kᵀ g̃_i the pool's moment is I, so
     c_S = 1/λ_min(Z_SᵀZ_S/n) with k = min(r̄, n, rank).
     """
-    k = max(1, min(rank, len(indices), projections.shape[1]))
-    rows = projections[torch.as_tensor(indices, device=projections.device), :k]
-    whitened = rows / eigenvalues[:k].sqrt()
-    smallest = float(torch.linalg.eigvalsh(whitened.T @ whitened / len(indices))[0])
+    n = int(picked.shape[0])
+    k = max(1, min(rank, n, picked.shape[1]))
+    whitened = picked[:, :k] / eigenvalues[:k].to(picked.device).sqrt()
+    smallest = float(torch.linalg.eigvalsh(whitened.T @ whitened / n)[0])
     return {
         "c_S": 1.0 / smallest if smallest > 1e-12 else float("inf"),
         "c_S_directions": k,
