@@ -50,6 +50,18 @@ def test_summary_tables_mark_the_best_mean():
     assert "| uniform | 0.700 ± 0.000 |" in table
 
 
+def test_tables_show_missing_cells_and_short_seed_counts():
+    runs = [
+        RealRun("t", "linear", "skmm", n, seed, 0.5, 0.5, 0.1, 0.2)
+        for n in (10, 20)
+        for seed in (0, 1)
+    ]
+    runs += [RealRun("t", "linear", "uniform", 10, 0, 0.6, 0.6, 0.1, 0.2)]
+    table = real_markdown(summarize_real(runs))
+    assert "| uniform | **0.600 ± 0.000 (1 seeds)** | — |" in table
+    assert "| skmm | 0.500 ± 0.000 | **0.500 ± 0.000** |" in table
+
+
 def test_bad_requests_are_refused():
     with pytest.raises(ValueError, match="unknown task"):
         run_real("imagenet")
@@ -86,6 +98,10 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     journal.write_text("\n".join(lines[:2]) + "\n")
     resumed, _ = real_report(tmp_path / "out", **options)
     assert resumed.split("\n", 2)[2] == markdown.split("\n", 2)[2]
+    # rerunning one method keeps the journal's other runs, and the table shows them all
+    subset, _ = real_report(tmp_path / "out", **{**options, "methods": QUICK["methods"][:1]})
+    assert len(journal.read_text().splitlines()) == len(rows) + 1
+    assert subset.split("\n", 2)[2] == markdown.split("\n", 2)[2]
     with pytest.raises(ValueError, match="other settings"):
         real_report(tmp_path / "out", **{**options, "max_length": 16})
 

@@ -517,6 +517,8 @@ def run_real(
     done = {} if journal is None else _read_journal(Path(journal), settings)
     runs: list[RealRun] = []
     grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
+    in_grid = set(grid)
+    kept = [run for key, run in done.items() if key not in in_grid]  # other runs stay journaled
     with progress_bar(len(grid), "runs", progress, unit="run") as bar:
         for protocol in protocols:
             todo = [key for key in grid if key[0] == protocol and key not in done]
@@ -532,7 +534,7 @@ def run_real(
                         )
                     )
                     if journal is not None:
-                        write_runs_csv(runs, Path(journal))
+                        write_runs_csv(kept + runs, Path(journal))
                 bar.update(1)
     return runs
 
@@ -547,15 +549,19 @@ def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
                 f"{path} holds runs made with other settings ({settings_path}); choose another "
                 "--out or remove them"
             )
-        with open(path, newline="") as stream:
-            rows = list(csv.DictReader(stream))
-        types = {name: field.type for name, field in RealRun.__dataclass_fields__.items()}
-        casts = {"int": int, "float": float, "str": str}
-        runs = [RealRun(**{k: casts[types[k]](v) for k, v in row.items()}) for row in rows]
-        return {(r.protocol, r.n, r.method, r.seed): r for r in runs}
+        return {(r.protocol, r.n, r.method, r.seed): r for r in read_runs_csv(path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
     return {}
+
+
+def read_runs_csv(path: Path) -> list[RealRun]:
+    """The runs of a journal written by :func:`write_runs_csv`, in file order."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    types = {name: field.type for name, field in RealRun.__dataclass_fields__.items()}
+    casts = {"int": int, "float": float, "str": str}
+    return [RealRun(**{k: casts[types[k]](v) for k, v in row.items()}) for row in rows]
 
 
 def _selection_features(
@@ -674,13 +680,12 @@ def real_markdown(summaries: Sequence[RealSummary]) -> str:
     lines: list[str] = []
     for protocol in dict.fromkeys(s.protocol for s in summaries):
         rows = [s for s in summaries if s.protocol == protocol]
-        budgets = list(dict.fromkeys(s.n for s in rows))
+        budgets = sorted({s.n for s in rows})
         methods = list(dict.fromkeys(s.method for s in rows))
         cell = {(s.method, s.n): s for s in rows}
+        most_seeds = max(s.seeds for s in rows)
         for metric in ("accuracy", "macro_f1"):
-            best = {
-                n: max(getattr(cell[(m, n)], f"{metric}_mean") for m in methods) for n in budgets
-            }
+            best = {n: max(getattr(s, f"{metric}_mean") for s in rows if s.n == n) for n in budgets}
             lines += [
                 f"**{protocol}: {metric.replace('_', '-')} on the test split (mean ± std)**",
                 "",
@@ -690,9 +695,14 @@ def real_markdown(summaries: Sequence[RealSummary]) -> str:
             for method in methods:
                 cells = []
                 for n in budgets:
-                    summary = cell[(method, n)]
+                    summary = cell.get((method, n))
+                    if summary is None:  # not run (yet) in this journal
+                        cells.append("—")
+                        continue
                     mean = getattr(summary, f"{metric}_mean")
                     text = f"{mean:.3f} ± {getattr(summary, f'{metric}_std'):.3f}"
+                    if summary.seeds < most_seeds:
+                        text += f" ({summary.seeds} seeds)"
                     cells.append(f"**{text}**" if mean == best[n] else text)
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -749,24 +759,28 @@ def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
 def real_report(
     out_dir: str | os.PathLike[str], task_name: str = "food-reviews", **options: Any
 ) -> tuple[str, list[Path]]:
-    """Run :func:`run_real` and write table.md, runs.csv and accuracy.png into ``out_dir``."""
+    """Run :func:`run_real` into the journal ``out_dir``/runs.csv, then write table.md and
+    accuracy.png of every run the journal holds (this request's and earlier ones)."""
     out = Path(out_dir)
     began = time.perf_counter()
-    runs = run_real(task_name, journal=out / "runs.csv", **options)
+    journal = out / "runs.csv"
+    runs = run_real(task_name, journal=journal, **options)
+    if not journal.exists():
+        write_runs_csv(runs, journal)
+    runs = read_runs_csv(journal)
     summaries = summarize_real(runs)
     seconds = time.perf_counter() - began
     protocols = ", ".join(dict.fromkeys(run.protocol for run in runs))
     stratified = "; class-proportional budgets (stratify)" if options.get("stratify") else ""
+    counts = sorted({summary.seeds for summary in summaries})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     header = (
-        f"Real benchmark {task_name}{stratified}: protocols {protocols}; "
-        f"{summaries[0].seeds} seed(s); "
+        f"Real benchmark {task_name}{stratified}: protocols {protocols}; {seeds} seed(s); "
         f"{seconds:.0f} s.{_finetune_line(read_json(out / 'runs.settings.json'))}\n\n"
     )
     markdown = header + real_markdown(summaries)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "table.md", "w") as stream:
         stream.write(markdown)
-    write_runs_csv(runs, out / "runs.csv")
     plot_real(summaries, out / "accuracy.png", task_name)
     return markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"]
 
