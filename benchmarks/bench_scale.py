@@ -1,14 +1,15 @@
 """Time and peak memory of SkMM selection against the pool size N, on 1 or 2 ranks, from
-memory or streamed from a sketch store; prints a markdown table.
+memory or streamed from a memory-mapped .npy file or a sketch store; prints a markdown table.
 
 Each configuration runs in fresh processes (one per rank, launched with the environment
 torchrun sets, gloo on the CPU) so that peak memory (VmHWM of /proc/self/status) belongs
 to that configuration alone. The pool is N sketched rows of m = 256 float32 values with a
 power-law spectrum (row blocks of N(0, diag(1/j²)) noise, the same rows in memory and on
 disk). Every rank of the "memory" source holds the whole pool, as the SPMD API asks; the
-"store" source is a `skmm sketch`-style store read shard by shard. The selection is
-`skmm.select(pool, n, directions=k, random_state=0)`; the script checks that every
-configuration of one N selects the same rows.
+"memmap" source is a .npy file opened with ``np.load(mmap_mode="r")`` (what `skmm select`
+does with a .npy); the "store" source is a `skmm sketch`-style store read shard by shard.
+The selection is `skmm.select(pool, n, directions=k, random_state=0)`; the script checks
+that every configuration of one N selects the same rows.
 
     .venv/bin/python benchmarks/bench_scale.py --quick
     .venv/bin/python benchmarks/bench_scale.py --rows 10000 100000 1000000 10000000 \\
@@ -32,6 +33,7 @@ import numpy as np
 
 WIDTH = 256
 GENERATED_ROWS = 65_536
+SOURCES = ("memory", "memmap", "store")
 
 
 def generated_block(index: int, rows: int) -> np.ndarray:
@@ -59,6 +61,19 @@ def write_store(path: Path, n_rows: int) -> None:
     store.finish({"n_rows": n_rows})
 
 
+def write_npy(path: Path, n_rows: int) -> None:
+    """The pool as a .npy file, written through a memory-map (skipped when it exists)."""
+    if path.exists():
+        return
+    partial = path.with_suffix(".partial.npy")
+    array = np.lib.format.open_memmap(partial, "w+", np.float32, (n_rows, WIDTH))
+    for index, block in enumerate(blocks(n_rows)):
+        array[index * GENERATED_ROWS : index * GENERATED_ROWS + len(block)] = block
+    array.flush()
+    del array
+    partial.rename(path)
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (VmHWM), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -79,6 +94,8 @@ def worker(args: argparse.Namespace) -> None:
         pool = np.empty((args.rows[0], WIDTH), dtype=np.float32)
         for index, block in enumerate(blocks(args.rows[0])):
             pool[index * GENERATED_ROWS : index * GENERATED_ROWS + len(block)] = block
+    elif args.source == "memmap":
+        pool = np.load(args.npy, mmap_mode="r")
     else:
         pool = SketchStore.open(args.store, verify=False).array()
     began, cpu_began = time.perf_counter(), time.process_time()
@@ -110,6 +127,7 @@ def run_configuration(args: argparse.Namespace, rows: int, ranks: int, source: s
     result = Path(args.workdir) / f"result-{rows}-{ranks}-{source}.json"
     command = [sys.executable, __file__, "--worker", "--rows", str(rows), "--source", source]
     command += ["--store", str(Path(args.workdir) / f"store-{rows}"), "--result", str(result)]
+    command += ["--npy", str(Path(args.workdir) / f"pool-{rows}.npy")]
     command += ["--n", str(args.n), "--directions", str(args.directions)]
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -153,7 +171,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 10^4 and 10^5, n = 100")
     parser.add_argument("--rows", type=int, nargs="+", default=[10**4, 10**5, 10**6])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sources", nargs="+", default=["memory", "store"])
+    parser.add_argument(
+        "--sources", nargs="+", default=["memory", "memmap", "store"], choices=SOURCES
+    )
     parser.add_argument("--memory-max-rows", type=int, default=10**6)
     parser.add_argument("--n", type=int, default=1000, help="rows to select")
     parser.add_argument("--directions", type=int, default=32, help="k, matched directions")
@@ -162,6 +182,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--npy", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -183,6 +204,8 @@ def main() -> None:
     for rows in args.rows:
         if "store" in args.sources:
             write_store(Path(args.workdir) / f"store-{rows}", rows)
+        if "memmap" in args.sources:
+            write_npy(Path(args.workdir) / f"pool-{rows}.npy", rows)
         for source in args.sources:
             if source == "memory" and rows > args.memory_max_rows:
                 continue
