@@ -88,13 +88,28 @@ def test_a_subset_keeps_each_row_in_its_block():
     np.testing.assert_array_equal(rows.tensor()[:, 0].numpy(), positions)
 
 
-def test_folds_add_block_partials_in_block_order():
+def test_totals_add_rows_in_order_within_blocks_then_blocks_in_order():
     layout = Layout.single(5000)
     values = torch.from_numpy(np.random.default_rng(0).standard_normal(5000))
-    expected = torch.zeros((), dtype=torch.float64)
+    expected = 0.0
     for lo, hi in zip(layout.bounds[:-1], layout.bounds[1:], strict=True):
-        expected = expected + values[lo:hi].sum()
-    assert layout.total(values) == float(expected)
+        block = 0.0
+        for value in values[lo:hi].tolist():
+            block += value
+        expected += block
+    assert layout.total(values) == expected
+    # a block's sum does not depend on the other blocks in the call, nor on the thread count
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = Layout(layout.bounds[:3].copy()).total(values[: int(layout.bounds[2])].clone())
+        torch.set_num_threads(max(2, threads))
+        assert (
+            layout.restrict(np.arange(int(layout.bounds[2]))).total(values[: int(layout.bounds[2])])
+            == alone
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert layout.smallest(values, 3).tolist() == np.argsort(values.numpy())[:3].tolist()
     assert layout.argmax(values)[:2] == (float(values.max()), int(values.argmax()))
 

@@ -8,8 +8,9 @@ row-separable method computes block by block:
 - a per-row result comes from a kernel whose value for a row does not depend on the other
   rows in the call (:func:`row_products`, elementwise products and row sums);
 - a sum over rows is formed per chunk (at most 8192 rows, inside one block), the chunk sums
-  are added in chunk order into one partial per block, and block partials are added in
-  block order across ranks (:meth:`Layout.fold`);
+  are added in chunk order into one partial per block (scalar sums, :meth:`Layout.totals`:
+  a block's rows added in order), and block partials are added in block order across ranks
+  (:meth:`Layout.fold`);
 - an arg-max over rows takes the largest value and, among equal values, the lowest position.
 
 So on 1 or P ranks, in memory or streamed from disk, every number is produced by the same
@@ -195,13 +196,24 @@ class Layout:
         return total
 
     def totals(self, *values: torch.Tensor) -> list[float]:
-        """Σ_i v_i over every rank's rows for each 1-D ``values`` (one exchange for all)."""
-        parts = [
-            torch.stack([v[lo:hi].sum().to(torch.float64) for v in values])
-            for lo, hi in self.local_blocks()
-        ]
-        like = torch.zeros(len(values), dtype=torch.float64, device=values[0].device)
-        return self.fold(parts, like).tolist()
+        """Σ_i v_i over every rank's rows for each 1-D ``values`` (one exchange for all).
+
+        Each block's sums come from one segment reduction in float64, which adds a block's
+        rows in order: a block's sum depends on its rows alone (not on the other blocks in
+        the call, the rank or the thread count), in one call instead of one per block.
+        """
+        device = values[0].device
+        like = torch.zeros(len(values), dtype=torch.float64, device=device)
+        if not self._block_lengths:
+            return self.fold([], like).tolist()
+        stacked = torch.stack([v.to(torch.float64) for v in values], dim=1)
+        lengths = torch.tensor(self._block_lengths, dtype=torch.int64, device=device)
+        sums = torch.segment_reduce(stacked, "sum", lengths=lengths, axis=0)
+        return self.fold(list(sums), like).tolist()
+
+    @cached_property
+    def _block_lengths(self) -> list[int]:
+        return [hi - lo for lo, hi in self.local_blocks()]
 
     def total(self, values: torch.Tensor) -> float:
         """Σ_i values[i] over every rank's rows."""
