@@ -123,7 +123,7 @@ class ResearchProblem(MomentProblem):
     """MomentProblem plus the research loss's gradient in s: 2P(Pᵀs − γ⊙λ)."""
 
     def gradient_of_residual(self, residual: torch.Tensor) -> torch.Tensor:
-        return (self.moments @ residual.to(self.moments.dtype)).to(torch.float64).mul_(2.0)
+        return self.times(residual).mul_(2.0)
 
 
 def skmm_solver(problem: MomentProblem, start: torch.Tensor) -> tuple[Trajectory, str]:
