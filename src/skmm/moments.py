@@ -262,7 +262,7 @@ def solve(
     (every moment within tol of its target), or after ``max_iter`` iterations.
 
     Large pools are solved on a working set of rows (see :func:`_solve_on_working_sets`):
-    ``working_set`` rows are added per round (default 2·(n + k) for a cap of 1/n and k
+    ``working_set`` rows are added per round (default n + k for a cap of 1/n and k
     directions, used when the pool has over four times as many rows); 0 solves on all rows.
     The stopping rule is the same, with the gap taken over the whole pool. ``start`` is this
     rank's part of the starting point.
@@ -279,8 +279,10 @@ def solve(
 
 
 def _working_set_rows(problem: MomentProblem) -> int:
-    """Rows added per working-set round: 2·(n + k), n = ⌈1/cap⌉ rows at the cap, k directions."""
-    return 2 * (math.ceil(1.0 / problem.cap - 1e-9) + problem.n_directions)
+    """Rows added per working-set round: n + k, n = ⌈1/cap⌉ rows at the cap, k directions
+    (the optimum's support has about n + k rows; 2(n + k) made every round's set larger and
+    FISTA slower for the same objective: docs/performance.md §2)."""
+    return math.ceil(1.0 / problem.cap - 1e-9) + problem.n_directions
 
 
 def _solve_on_working_sets(
