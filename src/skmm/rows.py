@@ -198,9 +198,10 @@ class Layout:
     def totals(self, *values: torch.Tensor) -> list[float]:
         """Σ_i v_i over every rank's rows for each 1-D ``values`` (one exchange for all).
 
-        Each block's sums come from one segment reduction in float64, which adds a block's
-        rows in order: a block's sum depends on its rows alone (not on the other blocks in
-        the call, the rank or the thread count), in one call instead of one per block.
+        Each block's sums come from one segment reduction in float64, which on the CPU adds
+        a block's rows in order (tests/test_rows.py): a block's sum depends on its rows alone
+        (not on the other blocks in the call, the rank or the thread count), in one call
+        instead of one per block.
         """
         device = values[0].device
         like = torch.zeros(len(values), dtype=torch.float64, device=device)
