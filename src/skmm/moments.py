@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .progress import progress_bar
@@ -61,12 +62,14 @@ def _project(
     if size * cap < total * (1 - 1e-12):
         raise ValueError(f"infeasible: {size} entries capped at {cap} cannot sum to {total}")
     lo, hi = layout.extremes(y)
-    mass = layout.total(y)
     tolerance = 1e-14 * max(total, 1.0)
-    if lo >= 0.0 and hi <= cap and abs(mass - total) <= tolerance:
+    within_bounds = lo >= 0.0 and hi <= cap
+    fresh_tau = tau is None or not lo - cap < tau < hi
+    mass = layout.total(y) if within_bounds or fresh_tau else math.nan  # Σy only when needed
+    if within_bounds and abs(mass - total) <= tolerance:
         return y.clone(), 0.0  # already feasible: its own projection (and support) exactly
     lo -= cap
-    if tau is None or not lo < tau < hi:
+    if fresh_tau:
         tau = min(max((mass - total) / size, lo), hi)
     for _ in range(200):
         shifted = y - tau
@@ -394,12 +397,9 @@ def _smallest_outside(
     """This rank's local positions among the ``count`` rows outside ``inside`` of smallest
     (gradient, position) over every rank, keeping those with gradient < ``below``."""
     outside = gradient.masked_fill(inside, math.inf)
-    positions = layout.smallest(outside, count) if count > 0 else []
-    local = torch.as_tensor(
-        [p - layout.start for p in positions if layout.start <= p < layout.stop],
-        dtype=torch.int64,
-        device=gradient.device,
-    )
+    positions = layout.smallest(outside, count) if count > 0 else np.empty(0, dtype=np.int64)
+    mine = positions[(positions >= layout.start) & (positions < layout.stop)] - layout.start
+    local = torch.as_tensor(mine, dtype=torch.int64, device=gradient.device)
     return local[outside[local] < below]
 
 

@@ -205,16 +205,17 @@ class Layout:
         """
         device = values[0].device
         like = torch.zeros(len(values), dtype=torch.float64, device=device)
-        if not self._block_lengths:
+        if not self._block_lengths.numel():
             return self.fold([], like).tolist()
         stacked = torch.stack([v.to(torch.float64) for v in values], dim=1)
-        lengths = torch.tensor(self._block_lengths, dtype=torch.int64, device=device)
+        lengths = self._block_lengths.to(device)
         sums = torch.segment_reduce(stacked, "sum", lengths=lengths, axis=0)
         return self.fold(list(sums), like).tolist()
 
     @cached_property
-    def _block_lengths(self) -> list[int]:
-        return [hi - lo for lo, hi in self.local_blocks()]
+    def _block_lengths(self) -> torch.Tensor:
+        """Rows in each of this rank's blocks (int64, on the CPU)."""
+        return torch.tensor([hi - lo for lo, hi in self.local_blocks()], dtype=torch.int64)
 
     def total(self, values: torch.Tensor) -> float:
         """Σ_i values[i] over every rank's rows."""
