@@ -13,6 +13,7 @@ from scipy.optimize import nnls
 
 import skmm
 from skmm.selectors.gradient_matching import (
+    ActiveSetNNLS,
     DenseGradients,
     Glister,
     GradMatch,
@@ -145,6 +146,36 @@ def test_nnls_gram_agrees_with_scipy_nnls(rows, cols, lam, seed, warm):
     found = nnls_gram(design.T @ design + lam * np.eye(cols), design.T @ target, start)
     assert (found >= 0).all()
     np.testing.assert_allclose(found, expected, atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 14),
+    lam=st.floats(1e-3, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_growing_nnls_agrees_with_scipy_after_every_variable(rows, cols, lam, seed):
+    # Variables arrive one at a time, as in the pursuit; every solve is warm-started from the
+    # last, and the Cholesky factor kept for the passive set (grown on entry, rotated on
+    # exit) must still factor Q restricted to it.
+    rng = np.random.default_rng(seed)
+    design = rng.normal(size=(rows, cols))
+    target = rng.normal(size=rows)
+    quadratic = design.T @ design + lam * np.eye(cols)
+    linear = design.T @ target
+    solver = ActiveSetNNLS(capacity=2)
+    for size in range(1, cols + 1):
+        k = size - 1
+        solver.append(quadratic[k, :k], quadratic[k, k], linear[k])
+        found = solver.solve()
+        stacked = np.vstack([design[:, :size], math.sqrt(lam) * np.eye(size)])
+        expected, _ = nnls(stacked, np.concatenate([target, np.zeros(size)]))
+        np.testing.assert_allclose(found, expected, atol=1e-8)
+        passive = solver.passive
+        assert sorted(passive) == list(np.flatnonzero(found > 0))
+        restricted = quadratic[np.ix_(passive, passive)]
+        np.testing.assert_allclose(solver.factor @ solver.factor.T, restricted, atol=1e-9)
 
 
 def orthogonal_case() -> tuple[DenseGradients, torch.Tensor]:

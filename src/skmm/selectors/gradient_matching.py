@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.linalg import cholesky, solve_triangular
 
 from ..inputs import (
     DEFAULT_CHUNK_BYTES,
@@ -187,42 +188,145 @@ class DenseGradients:
 Gradients = HeadGradients | DenseGradients
 
 
+class ActiveSetNNLS:
+    """argmin_{w ≥ 0} ½wᵀQw − cᵀw for positive definite Q (Lawson–Hanson active set), over
+    variables that arrive one at a time (:meth:`append`), each solve warm-started from the
+    last.
+
+    A Cholesky factor L (LLᵀ = Q_PP, a column-major |P| × |P| array) of the passive set P is
+    kept between solves: a variable entering P costs a triangular solve and one leaving it
+    |P| Givens rotations, O(|P|²) each, instead of refactoring Q_PP, O(|P|³). Q and c live in
+    arrays that double when full.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.size = 0
+        self.quadratic = np.zeros((capacity, capacity))
+        self.linear = np.zeros(capacity)
+        self.weights = np.zeros(capacity)
+        self.factor = np.zeros((0, 0), order="F")
+        self.passive: list[int] = []
+
+    def append(self, cross: np.ndarray, diagonal: float, linear: float) -> None:
+        """Add variable ``size`` with Q[size, :size] = cross, Q[size, size] = diagonal and
+        c[size] = linear; its weight starts at 0 (outside P)."""
+        if self.size == self.linear.shape[0]:
+            self._grow(2 * self.size)
+        k = self.size
+        self.quadratic[k, :k] = cross
+        self.quadratic[:k, k] = cross
+        self.quadratic[k, k] = diagonal
+        self.linear[k] = linear
+        self.weights[k] = 0.0
+        self.size += 1
+
+    def _grow(self, capacity: int) -> None:
+        k = self.size
+        grown = np.zeros((capacity, capacity))
+        grown[:k, :k] = self.quadratic[:k, :k]
+        self.quadratic = grown
+        for name in ("linear", "weights"):
+            grown = np.zeros(capacity)
+            grown[:k] = getattr(self, name)[:k]
+            setattr(self, name, grown)
+
+    def start_at(self, weights: np.ndarray) -> None:
+        """Warm start: the weights max(weights, 0), P their positive entries."""
+        self.weights[: self.size] = np.maximum(weights, 0.0)
+        self.passive = []
+        for index in np.flatnonzero(self.weights[: self.size] > 0):
+            self._enter(int(index))
+
+    def _enter(self, index: int) -> None:
+        k = len(self.passive)
+        row = solve_triangular(self.factor, self.quadratic[self.passive, index], lower=True)
+        pivot = self.quadratic[index, index] - row @ row
+        self.passive.append(index)
+        if pivot <= 0.0:  # Q_PP numerically singular with the new variable: refactor (raises)
+            self._refactor()
+            return
+        grown = np.zeros((k + 1, k + 1), order="F")
+        grown[:k, :k] = self.factor
+        grown[k, :k] = row
+        grown[k, k] = math.sqrt(pivot)
+        self.factor = grown
+
+    def _leave(self, position: int) -> None:
+        """Drop the ``position``-th variable of P: delete its row of L, then Givens rotations
+        of neighbouring columns restore the lower-triangular shape (LLᵀ unchanged), O(|P|²)."""
+        k = len(self.passive)
+        lower = self.factor
+        lower[position : k - 1, :k] = lower[position + 1 : k, :k]
+        for i in range(position, k - 1):
+            a, b = lower[i, i], lower[i, i + 1]
+            radius = math.hypot(a, b)
+            cos, sin = a / radius, b / radius
+            left = lower[i : k - 1, i].copy()
+            right = lower[i : k - 1, i + 1]
+            lower[i : k - 1, i] = cos * left + sin * right
+            lower[i : k - 1, i + 1] = cos * right - sin * left
+        self.factor = np.asfortranarray(lower[: k - 1, : k - 1])
+        del self.passive[position]
+
+    def _refactor(self) -> None:
+        block = self.quadratic[np.ix_(self.passive, self.passive)]
+        self.factor = np.asfortranarray(cholesky(block, lower=True))
+
+    def _passive_solution(self) -> np.ndarray:
+        half = solve_triangular(self.factor, self.linear[self.passive], lower=True)
+        return solve_triangular(self.factor, half, lower=True, trans="T")
+
+    def solve(self) -> np.ndarray:
+        """The minimizer over the variables so far (a copy), warm-started at the last one."""
+        size = self.size
+        quadratic, linear = self.quadratic[:size, :size], self.linear[:size]
+        weights = self.weights[:size]
+        tolerance = 1e-10 * max(float(np.abs(linear).max(initial=0.0)), np.finfo(float).tiny)
+        for _ in range(3 * size + 10):
+            while self.passive:
+                support = np.asarray(self.passive)
+                values = self._passive_solution()
+                if (values > 0).all():
+                    weights[:] = 0.0
+                    weights[support] = values
+                    break
+                solution = np.zeros(size)
+                solution[support] = values
+                blocked = support[values <= 0]
+                gap = np.maximum(weights[blocked] - solution[blocked], np.finfo(float).tiny)
+                ratios = weights[blocked] / gap
+                weights += ratios.min() * (solution - weights)
+                weights[blocked[np.argmin(ratios)]] = 0.0
+                for position in reversed(range(len(self.passive))):
+                    if weights[self.passive[position]] <= 0:
+                        self._leave(position)
+                weights[np.setdiff1d(np.arange(size), self.passive)] = 0.0
+            dual = linear - quadratic @ weights
+            dual[self.passive] = -np.inf
+            best = int(np.argmax(dual))
+            if dual[best] <= tolerance:
+                break
+            self._enter(best)
+        return weights.copy()
+
+
 def nnls_gram(
     quadratic: np.ndarray, linear: np.ndarray, start: np.ndarray | None = None
 ) -> np.ndarray:
-    """argmin_{w ≥ 0} ½wᵀQw − cᵀw for positive definite Q (Lawson–Hanson active set).
+    """argmin_{w ≥ 0} ½wᵀQw − cᵀw for positive definite Q (:class:`ActiveSetNNLS`).
 
     With Q = AᵀA and c = Aᵀb this is NNLS min_{w ≥ 0} ‖Aw − b‖². ``start`` (feasible) warm-
-    starts the passive set, which makes refits after adding one column take a step or two.
+    starts the passive set at its positive entries.
     """
     size = linear.shape[0]
-    weights = np.zeros(size) if start is None else np.maximum(start, 0.0)
-    passive = weights > 0
-    tolerance = 1e-10 * max(float(np.abs(linear).max(initial=0.0)), np.finfo(float).tiny)
-    for _ in range(3 * size + 10):
-        while passive.any():
-            support = np.flatnonzero(passive)
-            solution = np.zeros(size)
-            solution[support] = np.linalg.solve(
-                quadratic[np.ix_(support, support)], linear[support]
-            )
-            if (solution[support] > 0).all():
-                weights = solution
-                break
-            blocked = support[solution[support] <= 0]
-            gap = np.maximum(weights[blocked] - solution[blocked], np.finfo(float).tiny)
-            ratios = weights[blocked] / gap
-            weights = weights + ratios.min() * (solution - weights)
-            weights[blocked[np.argmin(ratios)]] = 0.0
-            passive &= weights > 0
-            weights[~passive] = 0.0
-        dual = linear - quadratic @ weights
-        dual[passive] = -np.inf
-        best = int(np.argmax(dual))
-        if dual[best] <= tolerance:
-            break
-        passive[best] = True
-    return weights
+    solver = ActiveSetNNLS(max(size, 1))
+    for index in range(size):
+        solver.append(quadratic[index, :index], quadratic[index, index], linear[index])
+    if start is not None:
+        solver.weights[:size] = np.maximum(start, 0.0)
+        for index in np.flatnonzero(solver.weights[:size] > 0):
+            solver._enter(int(index))
+    return solver.solve()
 
 
 @dataclass
@@ -257,8 +361,7 @@ def nonnegative_omp(
     target_norm = float(target.norm())
     available = torch.ones(gradients.n_rows, dtype=torch.bool, device=device)
     support: list[int] = []
-    gram = np.zeros((0, 0))
-    linear = np.zeros(0)
+    refit = ActiveSetNNLS(min(n, 256))
     weights = np.zeros(0)
     residual = target.clone()
     stop = "budget"
@@ -276,12 +379,12 @@ def nonnegative_omp(
                 break
             picked = torch.tensor(support, dtype=torch.int64, device=device)
             new = torch.tensor([best], dtype=torch.int64, device=device)
-            cross = gradients.gram(picked, new).cpu().numpy()
-            gram = np.block([[gram, cross], [cross.T, gradients.gram(new, new).cpu().numpy()]])
-            linear = np.append(linear, float(gradients.dot(target, new)[0]))
+            cross = gradients.gram(picked, new).cpu().numpy()[:, 0]
+            diagonal = float(gradients.gram(new, new)[0, 0]) + lam
+            refit.append(cross, diagonal, float(gradients.dot(target, new)[0]))
             support.append(best)
             available[best] = False
-            weights = nnls_gram(gram + lam * np.eye(len(support)), linear, np.append(weights, 0))
+            weights = refit.solve()
             rows = torch.tensor(support, dtype=torch.int64, device=device)
             residual = target - gradients.combine(rows, torch.from_numpy(weights).to(device))
             bar.update(1)
