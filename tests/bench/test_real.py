@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from skmm.bench.real import (
     QUICK,
     RealRun,
+    _merged_settings,
     real_markdown,
     real_report,
     run_real,
@@ -104,6 +106,33 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     assert subset.split("\n", 2)[2] == markdown.split("\n", 2)[2]
     with pytest.raises(ValueError, match="other settings"):
         real_report(tmp_path / "out", **{**options, "max_length": 16})
+    # a linear grid grows by a new budget: its penalty joins the journal's settings
+    wider = {**options, "protocols": ("linear",), "budgets": (*QUICK["budgets"], 30)}
+    grown, _ = real_report(tmp_path / "out", **wider)
+    assert len(journal.read_text().splitlines()) == len(rows) + 1 + len(QUICK["methods"])
+    penalties = json.loads((tmp_path / "out" / "runs.settings.json").read_text())["penalties"]
+    assert list(penalties) == ["20", "30"]
+    assert "n = 20: " in grown.split("\n")[0] and "n = 30: " in grown.split("\n")[0]
+
+
+def test_journal_settings_merge_new_budgets_and_protocols_only():
+    grid = [0.1, 1.0]
+    stored = {"task": "t", "penalty_grid": grid, "penalties": {"50": 1.0, "200": 0.1}}
+    wider = {"task": "t", "penalty_grid": grid, "penalties": {"100": 0.01, "200": 0.1}}
+    merged = _merged_settings(stored, wider)
+    assert merged == {**stored, "penalties": {"50": 1.0, "100": 0.01, "200": 0.1}}
+    # a budget both hold with another penalty, another grid or another task: other runs
+    assert _merged_settings(stored, {**wider, "penalties": {"200": 1.0}}) is None
+    assert _merged_settings(stored, {**wider, "penalty_grid": [1.0]}) is None
+    assert _merged_settings(stored, {**wider, "task": "u"}) is None
+    assert _merged_settings(stored, {**wider, "stratify": True}) is None
+    # one protocol of a journal, or a protocol added to it
+    finetune = {"task": "t", "finetune": {"steps": 10}, "tuning": None, "sketch_dim": 8}
+    both = {**stored, **finetune}
+    assert _merged_settings(both, stored) == both
+    assert _merged_settings(both, finetune) == both
+    assert _merged_settings(stored, finetune) == both
+    assert _merged_settings(both, {**finetune, "sketch_dim": 16}) is None
 
 
 def test_cli_reports_an_unknown_task(capsys):

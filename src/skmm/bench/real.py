@@ -539,16 +539,57 @@ def run_real(
     return runs
 
 
+PROTOCOL_SETTINGS = {
+    "linear": ("penalty_grid", "penalties"),
+    "finetune": ("finetune", "tuning", "sketch_dim"),
+}
+
+
+def _merged_settings(stored: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """``stored`` widened by ``settings`` if they describe the same runs, else None.
+
+    The task's settings must be equal. A protocol's settings (:data:`PROTOCOL_SETTINGS`)
+    present on one side only join the journal (a request may run one protocol of it, or add
+    one); present on both, they must be equal, except the linear probe's ``penalties``, which
+    are tuned per n independently (:func:`tune_linear`): a journal grows by new budgets as
+    long as the budgets it shares with the request kept their penalty.
+    """
+    protocol_keys = {key for keys in PROTOCOL_SETTINGS.values() for key in keys}
+    task_stored = {k: v for k, v in stored.items() if k not in protocol_keys}
+    if task_stored != {k: v for k, v in settings.items() if k not in protocol_keys}:
+        return None
+    merged = dict(stored)
+    for keys in PROTOCOL_SETTINGS.values():
+        if not any(key in settings for key in keys):
+            continue
+        if not any(key in stored for key in keys):
+            merged.update({key: settings[key] for key in keys if key in settings})
+            continue
+        if any(stored.get(k) != settings.get(k) for k in keys if k != "penalties"):
+            return None
+        old, new = stored.get("penalties"), settings.get("penalties")
+        if old is not None and new is not None:
+            if any(old[n] != new[n] for n in old.keys() & new.keys()):
+                return None
+            union = {**old, **new}
+            merged["penalties"] = {n: union[n] for n in sorted(union, key=int)}
+    return merged
+
+
 def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
-    """Runs already in ``path`` (keyed by protocol, n, method, seed), if made with ``settings``."""
+    """Runs already in ``path`` (keyed by protocol, n, method, seed), if made with ``settings``
+    (:func:`_merged_settings`; the journal's settings then cover both)."""
     settings_path = path.with_suffix(".settings.json")
     if path.exists() and settings_path.exists():
         stored = read_json(settings_path)
-        if stored != json.loads(json.dumps(settings)):
+        merged = _merged_settings(stored, json.loads(json.dumps(settings)))
+        if merged is None:
             raise ValueError(
                 f"{path} holds runs made with other settings ({settings_path}); choose another "
                 "--out or remove them"
             )
+        if merged != stored:
+            write_json(settings_path, merged)
         return {(r.protocol, r.n, r.method, r.seed): r for r in read_runs_csv(path)}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(settings_path, settings)
