@@ -3,11 +3,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from skmm.bench import real
 from skmm.bench.real import (
     QUICK,
+    Encoded,
+    PreparedTask,
     RealRun,
     _merged_settings,
+    read_runs_csv,
     real_markdown,
     real_report,
     run_real,
@@ -62,6 +67,34 @@ def test_tables_show_missing_cells_and_short_seed_counts():
     table = real_markdown(summarize_real(runs))
     assert "| uniform | **0.600 ± 0.000 (1 seeds)** | — |" in table
     assert "| skmm | 0.500 ± 0.000 | **0.500 ± 0.000** |" in table
+
+
+def test_an_interrupted_grid_never_drops_journaled_runs(tmp_path, monkeypatch):
+    # A rerun over a wider grid writes the journal after each new run; every run journaled
+    # before must be in that file at every moment, also those of the grid not yet reached.
+    rng = np.random.default_rng(0)
+    split = Encoded({}, rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2)
+    task = PreparedTask("t", split, split, torch.nn.Identity(), 2, {"steps": 1})
+    monkeypatch.setattr(real, "prepare_task", lambda *args, **kwargs: task)
+    calls = []
+
+    def one_run(key, *args):
+        protocol, method, n, seed = key
+        calls.append(key)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return RealRun("t", protocol, method, n, seed, 0.5, 0.5, 0.0, 0.0)
+
+    monkeypatch.setattr(real, "_one_run", one_run)
+    journal = tmp_path / "runs.csv"
+    options = {"protocols": ("linear",), "seeds": 1, "cache_dir": tmp_path, "progress": False}
+    first = run_real(methods=("uniform",), budgets=(10,), journal=journal, **options)
+    assert [(run.method, run.n) for run in first] == [("uniform", 10)]
+    with pytest.raises(KeyboardInterrupt):
+        run_real(methods=("skmm", "uniform"), budgets=(5, 10, 20), journal=journal, **options)
+    held = {(run.method, run.n) for run in read_runs_csv(journal)}
+    assert held == {("uniform", 10), ("skmm", 5), ("uniform", 5)}
+    assert calls[1:] == [("linear", "skmm", 5, 0), ("linear", "uniform", 5, 0), calls[3]]
 
 
 def test_bad_requests_are_refused():

@@ -514,29 +514,22 @@ def run_real(
         if tuning is not None:
             hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
         settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)
-    done = {} if journal is None else _read_journal(Path(journal), settings)
-    runs: list[RealRun] = []
+    journaled = {} if journal is None else _read_journal(Path(journal), settings)
     grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
-    in_grid = set(grid)
-    kept = [run for key, run in done.items() if key not in in_grid]  # other runs stay journaled
     with progress_bar(len(grid), "runs", progress, unit="run") as bar:
+        bar.update(sum(key in journaled for key in grid))
         for protocol in protocols:
-            todo = [key for key in grid if key[0] == protocol and key not in done]
+            todo = [key for key in grid if key[0] == protocol and key not in journaled]
             features = _selection_features(protocol, task, cache, progress) if todo else None
-            for key in [key for key in grid if key[0] == protocol]:
+            for key in todo:
                 _, n, method, seed = key
-                if key in done:
-                    runs.append(done[key])
-                else:
-                    runs.append(
-                        _one_run(
-                            (protocol, method, n, seed), features, task, hyper, penalties, stratify
-                        )
-                    )
-                    if journal is not None:
-                        write_runs_csv(kept + runs, Path(journal))
+                journaled[key] = _one_run(
+                    (protocol, method, n, seed), features, task, hyper, penalties, stratify
+                )
+                if journal is not None:  # every run journaled so far, this one too
+                    write_runs_csv(list(journaled.values()), Path(journal))
                 bar.update(1)
-    return runs
+    return [journaled[key] for key in grid]
 
 
 PROTOCOL_SETTINGS = {
