@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import cholesky, solve_triangular
+from scipy.linalg import solve_triangular
 
 from ..inputs import (
     DEFAULT_CHUNK_BYTES,
@@ -230,21 +230,16 @@ class ActiveSetNNLS:
             grown[:k] = getattr(self, name)[:k]
             setattr(self, name, grown)
 
-    def start_at(self, weights: np.ndarray) -> None:
-        """Warm start: the weights max(weights, 0), P their positive entries."""
-        self.weights[: self.size] = np.maximum(weights, 0.0)
-        self.passive = []
-        for index in np.flatnonzero(self.weights[: self.size] > 0):
-            self._enter(int(index))
-
     def _enter(self, index: int) -> None:
         k = len(self.passive)
         row = solve_triangular(self.factor, self.quadratic[self.passive, index], lower=True)
         pivot = self.quadratic[index, index] - row @ row
+        if pivot <= 0.0:
+            raise ValueError(
+                "gradmatch: the refit's Gram matrix G_S G_Sᵀ + λI is numerically singular "
+                "(near-duplicate gradients with a tiny lam); use a larger lam"
+            )
         self.passive.append(index)
-        if pivot <= 0.0:  # Q_PP numerically singular with the new variable: refactor (raises)
-            self._refactor()
-            return
         grown = np.zeros((k + 1, k + 1), order="F")
         grown[:k, :k] = self.factor
         grown[k, :k] = row
@@ -267,10 +262,6 @@ class ActiveSetNNLS:
             lower[i : k - 1, i + 1] = cos * right - sin * left
         self.factor = np.asfortranarray(lower[: k - 1, : k - 1])
         del self.passive[position]
-
-    def _refactor(self) -> None:
-        block = self.quadratic[np.ix_(self.passive, self.passive)]
-        self.factor = np.asfortranarray(cholesky(block, lower=True))
 
     def _passive_solution(self) -> np.ndarray:
         half = solve_triangular(self.factor, self.linear[self.passive], lower=True)
@@ -308,25 +299,6 @@ class ActiveSetNNLS:
                 break
             self._enter(best)
         return weights.copy()
-
-
-def nnls_gram(
-    quadratic: np.ndarray, linear: np.ndarray, start: np.ndarray | None = None
-) -> np.ndarray:
-    """argmin_{w ≥ 0} ½wᵀQw − cᵀw for positive definite Q (:class:`ActiveSetNNLS`).
-
-    With Q = AᵀA and c = Aᵀb this is NNLS min_{w ≥ 0} ‖Aw − b‖². ``start`` (feasible) warm-
-    starts the passive set at its positive entries.
-    """
-    size = linear.shape[0]
-    solver = ActiveSetNNLS(max(size, 1))
-    for index in range(size):
-        solver.append(quadratic[index, :index], quadratic[index, index], linear[index])
-    if start is not None:
-        solver.weights[:size] = np.maximum(start, 0.0)
-        for index in np.flatnonzero(solver.weights[:size] > 0):
-            solver._enter(int(index))
-    return solver.solve()
 
 
 @dataclass
