@@ -42,9 +42,12 @@ test-all: venv bench-data
 demo: venv
 	$(VENV)/bin/skmm demo
 
-# The peers the benchmarks time skmm against (TRAK, dattri; apricot comes with dev).
+# The peers the benchmarks time skmm against (TRAK, dattri; apricot comes with dev). CORDS
+# (the GRAD-MATCH authors' library) pins torch 1.9-era packages, so it goes in without its
+# dependencies: bench_gradmatch.py imports only its numpy/scipy/torch pursuit module.
 $(PEERS_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) -m pip install --quiet --no-deps cords==0.0.4
 	touch $(PEERS_STAMP)
 
 # Side-by-side benchmarks (docs/performance.md). `make bench QUICK=1` or `make bench-quick`

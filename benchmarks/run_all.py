@@ -23,6 +23,7 @@ SCRIPTS = {
     "moments": "bench_moments.py",
     "gradients": "bench_gradients.py",
     "baselines": "bench_baselines.py",
+    "gradmatch": "bench_gradmatch.py",
 }
 
 

@@ -16,6 +16,7 @@ HEADINGS = {
     "moments": ["## m = "],
     "gradients": ["## Throughput"],
     "baselines": ["## k-center greedy and herding", "## Time against N", "## Facility location"],
+    "gradmatch": ["## Pursuit time and quality"],
 }
 
 
