@@ -232,7 +232,9 @@ class ActiveSetNNLS:
 
     def _enter(self, index: int) -> None:
         k = len(self.passive)
-        row = solve_triangular(self.factor, self.quadratic[self.passive, index], lower=True)
+        row = solve_triangular(
+            self.factor, self.quadratic[self.passive, index], lower=True, check_finite=False
+        )
         pivot = self.quadratic[index, index] - row @ row
         if pivot <= 0.0:
             raise ValueError(
@@ -264,8 +266,10 @@ class ActiveSetNNLS:
         del self.passive[position]
 
     def _passive_solution(self) -> np.ndarray:
-        half = solve_triangular(self.factor, self.linear[self.passive], lower=True)
-        return solve_triangular(self.factor, half, lower=True, trans="T")
+        half = solve_triangular(
+            self.factor, self.linear[self.passive], lower=True, check_finite=False
+        )
+        return solve_triangular(self.factor, half, lower=True, trans="T", check_finite=False)
 
     def solve(self) -> np.ndarray:
         """The minimizer over the variables so far (a copy), warm-started at the last one."""
