@@ -143,7 +143,7 @@ def test_growing_nnls_agrees_with_scipy_after_every_variable(rows, cols, lam, se
     target = rng.normal(size=rows)
     quadratic = design.T @ design + lam * np.eye(cols)
     linear = design.T @ target
-    solver = ActiveSetNNLS(capacity=2)
+    solver = ActiveSetNNLS(capacity=1)
     for size in range(1, cols + 1):
         k = size - 1
         solver.append(quadratic[k, :k], quadratic[k, k], linear[k])
@@ -165,7 +165,7 @@ def test_growing_nnls_agrees_with_scipy_after_every_variable(rows, cols, lam, se
 def test_growing_nnls_refuses_a_singular_system():
     # With c in the range of Q (c = G_S t in the pursuit) a duplicate never enters P; the
     # guard is for rounding at a tiny lam, so the entry is forced here.
-    solver = ActiveSetNNLS()
+    solver = ActiveSetNNLS(capacity=0)
     solver.append(np.zeros(0), 1.0, 1.0)
     solver.append(np.array([1.0]), 1.0, 1.0)  # Q = [[1, 1], [1, 1]]: a duplicate column
     solver._enter(0)

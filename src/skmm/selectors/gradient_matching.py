@@ -211,7 +211,7 @@ class ActiveSetNNLS:
         """Add variable ``size`` with Q[size, :size] = cross, Q[size, size] = diagonal and
         c[size] = linear; its weight starts at 0 (outside P)."""
         if self.size == self.linear.shape[0]:
-            self._grow(2 * self.size)
+            self._grow(max(1, 2 * self.size))
         k = self.size
         self.quadratic[k, :k] = cross
         self.quadratic[:k, k] = cross
