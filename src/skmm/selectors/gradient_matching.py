@@ -294,8 +294,8 @@ class ActiveSetNNLS:
                 weights[blocked[np.argmin(ratios)]] = 0.0
                 for position in reversed(range(len(self.passive))):
                     if weights[self.passive[position]] <= 0:
+                        weights[self.passive[position]] = 0.0
                         self._leave(position)
-                weights[np.setdiff1d(np.arange(size), self.passive)] = 0.0
             dual = linear - quadratic @ weights
             dual[self.passive] = -np.inf
             best = int(np.argmax(dual))
@@ -337,6 +337,7 @@ def nonnegative_omp(
     target_norm = float(target.norm())
     available = torch.ones(gradients.n_rows, dtype=torch.bool, device=device)
     support: list[int] = []
+    chosen = torch.empty(n, dtype=torch.int64, device=device)  # support as a tensor
     refit = ActiveSetNNLS(min(n, 256))
     weights = np.zeros(0)
     residual = target.clone()
@@ -353,16 +354,17 @@ def nonnegative_omp(
             if float(correlations[best]) <= rtol * residual_norm * max_norm:
                 stop = "no_positive_correlation"
                 break
-            picked = torch.tensor(support, dtype=torch.int64, device=device)
-            new = torch.tensor([best], dtype=torch.int64, device=device)
+            k = len(support)
+            chosen[k] = best
+            picked, new = chosen[:k], chosen[k : k + 1]
             cross = gradients.gram(picked, new).cpu().numpy()[:, 0]
             diagonal = float(gradients.gram(new, new)[0, 0]) + lam
             refit.append(cross, diagonal, float(gradients.dot(target, new)[0]))
             support.append(best)
             available[best] = False
             weights = refit.solve()
-            rows = torch.tensor(support, dtype=torch.int64, device=device)
-            residual = target - gradients.combine(rows, torch.from_numpy(weights).to(device))
+            combined = gradients.combine(chosen[: k + 1], torch.from_numpy(weights).to(device))
+            residual = target - combined
             bar.update(1)
     relative = float(residual.norm()) / target_norm if target_norm > 0 else 0.0
     return PursuitResult(support, weights, stop, relative)
