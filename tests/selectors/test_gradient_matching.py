@@ -96,22 +96,26 @@ def test_head_gradients_factored_form_matches_materialized():
     dense = DenseGradients(torch.from_numpy(explicit))
     rng = np.random.default_rng(0)
     vector = torch.from_numpy(rng.normal(size=explicit.shape[1]))
-    rows_a, rows_b = torch.tensor([3, 0, 17]), torch.tensor([5, 3])
-    weights = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)
+    rows = [3, 0, 17, 5]
+    weights = torch.tensor([0.5, 2.0, 1.5, 0.25], dtype=torch.float64)
+    np.testing.assert_allclose(
+        factored.combine(torch.tensor(rows), weights), weights.numpy() @ explicit[rows], atol=1e-10
+    )
     for gradients in (factored, dense):
         assert gradients.n_cols == explicit.shape[1]
         np.testing.assert_allclose(gradients.mean(), explicit.mean(axis=0), atol=1e-12)
         np.testing.assert_allclose(gradients.dot(vector), explicit @ vector.numpy(), atol=1e-10)
-        np.testing.assert_allclose(
-            gradients.dot(vector, rows_a), explicit[[3, 0, 17]] @ vector.numpy(), atol=1e-10
-        )
-        np.testing.assert_allclose(
-            gradients.gram(rows_a, rows_b), explicit[[3, 0, 17]] @ explicit[[5, 3]].T, atol=1e-10
-        )
-        np.testing.assert_allclose(
-            gradients.combine(rows_a, weights), weights.numpy() @ explicit[[3, 0, 17]], atol=1e-10
-        )
         np.testing.assert_allclose(gradients.squared_norms(), (explicit**2).sum(axis=1), rtol=1e-10)
+        picked = gradients.support(capacity=1)  # grows twice
+        for k, row in enumerate(rows):
+            inner, target_inner = picked.add(row, vector)
+            np.testing.assert_allclose(inner, explicit[rows[: k + 1]] @ explicit[row], atol=1e-10)
+            assert target_inner == pytest.approx(explicit[row] @ vector.numpy(), abs=1e-10)
+            np.testing.assert_allclose(
+                picked.combine(weights[: k + 1]),
+                weights[: k + 1].numpy() @ explicit[rows[: k + 1]],
+                atol=1e-10,
+            )
 
 
 def test_sketched_head_gradients_are_the_gradients_times_the_jl_map():

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg import solve_triangular
+from scipy.linalg.blas import dtrsv
 
 from ..inputs import (
     DEFAULT_CHUNK_BYTES,
@@ -109,12 +109,9 @@ class HeadGradients:
             bias += self.residuals[rows].double().sum(dim=0)
         return torch.cat([weight.flatten(), bias]) / self.n_rows
 
-    def dot(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """⟨g_i, u⟩ = r_iᵀ(U_W x̂_i + u_b) for all rows (compute dtype) or ``rows`` (float64)."""
+    def dot(self, vector: torch.Tensor) -> torch.Tensor:
+        """⟨g_i, u⟩ = r_iᵀ(U_W x̂_i + u_b) for all rows, in the compute dtype."""
         weight, bias = self._split(vector)
-        if rows is not None:
-            standardized, residuals = self._rows(rows)
-            return ((standardized @ weight.T + bias) * residuals).sum(dim=1)
         dtype = self.residuals.dtype
         weight, bias = weight.to(dtype), bias.to(dtype)
         out = torch.empty(self.n_rows, dtype=dtype, device=self.residuals.device)
@@ -124,17 +121,13 @@ class HeadGradients:
             out[block] = (projected * self.residuals[block]).sum(dim=1)
         return out
 
-    def gram(self, rows_a: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
-        """⟨g_i, g_j⟩ = (r_iᵀr_j)(x̂_iᵀx̂_j + 1) for i in ``rows_a``, j in ``rows_b``, float64."""
-        standardized_a, residuals_a = self._rows(rows_a)
-        standardized_b, residuals_b = self._rows(rows_b)
-        return (residuals_a @ residuals_b.T) * (standardized_a @ standardized_b.T + 1.0)
-
     def combine(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Σ_k w_k g_{rows_k} = [Σ_k w_k r_k x̂_kᵀ, Σ_k w_k r_k], float64."""
-        standardized, residuals = self._rows(rows)
-        weighted = residuals * weights.to(residuals)[:, None]
-        return torch.cat([(weighted.T @ standardized).flatten(), weighted.sum(dim=0)])
+        return combine_factored(*self._rows(rows), weights)
+
+    def support(self, capacity: int) -> HeadSupport:
+        """An empty :class:`HeadSupport` for the pursuit's picks."""
+        return HeadSupport(self, capacity)
 
     def squared_norms(self) -> torch.Tensor:
         """‖g_i‖² = ‖r_i‖²(‖x̂_i‖² + 1) for all rows."""
@@ -151,11 +144,14 @@ class HeadGradients:
 class DenseGradients:
     """N gradients stored as the rows of a matrix (e.g. head gradients projected by a JL map).
 
-    Same interface as :class:`HeadGradients`; vectors are flat float64 tensors.
+    Same interface as :class:`HeadGradients`; vectors are flat float64 tensors. The matrix is
+    kept column-major (a transposed view of a contiguous n_cols × N tensor): the pursuit's
+    N × n_cols matrix–vector product then streams its columns, 1.5–2.5× faster than over
+    rows with one CPU thread, and a pick reads one strided row.
     """
 
     def __init__(self, matrix: torch.Tensor):
-        self.matrix = matrix
+        self.matrix = matrix.T.contiguous().T
         self.n_rows, self.n_cols = matrix.shape
 
     def mean(self) -> torch.Tensor:
@@ -166,23 +162,91 @@ class DenseGradients:
             total += self.matrix[start : start + step].double().sum(dim=0)
         return total / self.n_rows
 
-    def dot(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """⟨g_i, u⟩ for all rows (compute dtype) or for ``rows`` (float64)."""
-        if rows is not None:
-            return self.matrix[rows].double() @ vector
+    def dot(self, vector: torch.Tensor) -> torch.Tensor:
+        """⟨g_i, u⟩ for all rows, in the compute dtype."""
         return self.matrix @ vector.to(self.matrix.dtype)
-
-    def gram(self, rows_a: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
-        """⟨g_i, g_j⟩ for i in ``rows_a``, j in ``rows_b``, float64."""
-        return self.matrix[rows_a].double() @ self.matrix[rows_b].double().T
-
-    def combine(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_k w_k g_{rows_k}, float64."""
-        return weights.to(torch.float64) @ self.matrix[rows].double()
 
     def squared_norms(self) -> torch.Tensor:
         """‖g_i‖² for all rows."""
         return self.matrix.square().sum(dim=1)
+
+    def support(self, capacity: int) -> DenseSupport:
+        """An empty :class:`DenseSupport` for the pursuit's picks."""
+        return DenseSupport(self, capacity)
+
+
+def combine_factored(
+    standardized: torch.Tensor, residuals: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Σ_k w_k g_k = [Σ_k w_k r_k x̂_kᵀ, Σ_k w_k r_k] from the rows' (x̂_k, r_k), float64."""
+    weighted = residuals * weights.to(residuals)[:, None]
+    return torch.cat([(weighted.T @ standardized).flatten(), weighted.sum(dim=0)])
+
+
+def _appended(buffer: torch.Tensor, size: int, row: torch.Tensor) -> torch.Tensor:
+    """``buffer`` (grown to twice its rows when full) with ``row`` written at ``size``."""
+    if size == buffer.shape[0]:
+        grown = buffer.new_empty(max(1, 2 * size), *buffer.shape[1:])
+        grown[:size] = buffer[:size]
+        buffer = grown
+    buffer[size] = row
+    return buffer
+
+
+class HeadSupport:
+    """The picked rows of :class:`HeadGradients` as float64 (x̂, r) buffers, so that a pick
+    costs O(k(d + C)) for its Gram row and the combination Σ_k w_k g_k without gathering and
+    converting all k picked rows again."""
+
+    def __init__(self, gradients: HeadGradients, capacity: int) -> None:
+        self.gradients = gradients
+        self.size = 0
+        dtype, device = torch.float64, gradients.residuals.device
+        self.standardized = torch.empty(capacity, gradients.n_features, dtype=dtype, device=device)
+        self.residuals = torch.empty(capacity, gradients.n_classes, dtype=dtype, device=device)
+
+    def add(self, row: int, target: torch.Tensor) -> tuple[np.ndarray, float]:
+        """Pick ``row``: return ⟨g_j, g_row⟩ = (r_jᵀr)(x̂_jᵀx̂ + 1) for every pick j (``row``
+        last) and ⟨g_row, t⟩, float64."""
+        standardized = self.gradients.standardized[row].double()
+        residual = self.gradients.residuals[row].double()
+        k = self.size
+        self.standardized = _appended(self.standardized, k, standardized)
+        self.residuals = _appended(self.residuals, k, residual)
+        self.size = k + 1
+        inner = (self.residuals[: k + 1] @ residual) * (
+            self.standardized[: k + 1] @ standardized + 1
+        )
+        weight, bias = self.gradients._split(target)
+        return inner.cpu().numpy(), float(residual @ (weight @ standardized + bias))
+
+    def combine(self, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_k g_k over the picks, float64."""
+        k = self.size
+        return combine_factored(self.standardized[:k], self.residuals[:k], weights)
+
+
+class DenseSupport:
+    """The picked rows of :class:`DenseGradients` in a float64 buffer (see :class:`HeadSupport`)."""
+
+    def __init__(self, gradients: DenseGradients, capacity: int) -> None:
+        self.gradients = gradients
+        self.size = 0
+        self.rows = torch.empty(
+            capacity, gradients.n_cols, dtype=torch.float64, device=gradients.matrix.device
+        )
+
+    def add(self, row: int, target: torch.Tensor) -> tuple[np.ndarray, float]:
+        """Pick ``row``: return ⟨g_j, g_row⟩ for every pick j (``row`` last) and ⟨g_row, t⟩."""
+        gradient = self.gradients.matrix[row].double()
+        k = self.size
+        self.rows = _appended(self.rows, k, gradient)
+        self.size = k + 1
+        return (self.rows[: k + 1] @ gradient).cpu().numpy(), float(gradient @ target)
+
+    def combine(self, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_k w_k g_k over the picks, float64."""
+        return weights.to(torch.float64) @ self.rows[: self.size]
 
 
 Gradients = HeadGradients | DenseGradients
@@ -232,9 +296,7 @@ class ActiveSetNNLS:
 
     def _enter(self, index: int) -> None:
         k = len(self.passive)
-        row = solve_triangular(
-            self.factor, self.quadratic[self.passive, index], lower=True, check_finite=False
-        )
+        row = self._lower_solve(self.quadratic[self.passive, index]) if k else np.zeros(0)
         pivot = self.quadratic[index, index] - row @ row
         if pivot <= 0.0:
             raise ValueError(
@@ -265,11 +327,13 @@ class ActiveSetNNLS:
         self.factor = np.asfortranarray(lower[: k - 1, : k - 1])
         del self.passive[position]
 
+    def _lower_solve(self, vector: np.ndarray, transposed: bool = False) -> np.ndarray:
+        """L⁻¹v (or L⁻ᵀv) by BLAS dtrsv: microseconds, where scipy's checked wrapper takes
+        tens of them per call."""
+        return dtrsv(self.factor, vector, lower=1, trans=int(transposed))
+
     def _passive_solution(self) -> np.ndarray:
-        half = solve_triangular(
-            self.factor, self.linear[self.passive], lower=True, check_finite=False
-        )
-        return solve_triangular(self.factor, half, lower=True, trans="T", check_finite=False)
+        return self._lower_solve(self._lower_solve(self.linear[self.passive]), transposed=True)
 
     def solve(self) -> np.ndarray:
         """The minimizer over the variables so far (a copy), warm-started at the last one."""
@@ -337,7 +401,7 @@ def nonnegative_omp(
     target_norm = float(target.norm())
     available = torch.ones(gradients.n_rows, dtype=torch.bool, device=device)
     support: list[int] = []
-    chosen = torch.empty(n, dtype=torch.int64, device=device)  # support as a tensor
+    picked = gradients.support(min(n, 256))
     refit = ActiveSetNNLS(min(n, 256))
     weights = np.zeros(0)
     residual = target.clone()
@@ -354,17 +418,12 @@ def nonnegative_omp(
             if float(correlations[best]) <= rtol * residual_norm * max_norm:
                 stop = "no_positive_correlation"
                 break
-            k = len(support)
-            chosen[k] = best
-            picked, new = chosen[:k], chosen[k : k + 1]
-            cross = gradients.gram(picked, new).cpu().numpy()[:, 0]
-            diagonal = float(gradients.gram(new, new)[0, 0]) + lam
-            refit.append(cross, diagonal, float(gradients.dot(target, new)[0]))
+            inner, target_inner = picked.add(best, target)  # ⟨g_j, g_best⟩, ⟨g_best, t⟩
+            refit.append(inner[:-1], inner[-1] + lam, target_inner)
             support.append(best)
             available[best] = False
             weights = refit.solve()
-            combined = gradients.combine(chosen[: k + 1], torch.from_numpy(weights).to(device))
-            residual = target - combined
+            residual = target - picked.combine(torch.from_numpy(weights).to(device))
             bar.update(1)
     relative = float(residual.norm()) / target_norm if target_norm > 0 else 0.0
     return PursuitResult(support, weights, stop, relative)
@@ -394,7 +453,8 @@ def sketch_head_gradients(
     )
     step = block_rows(n_rows, (n_cols + grad_dim) * 8)
     step = math.ceil(step / TILE_ROWS) * TILE_ROWS
-    out = torch.empty(n_rows, grad_dim, dtype=standardized.dtype, device=standardized.device)
+    # column-major, the layout DenseGradients keeps
+    out = torch.empty(grad_dim, n_rows, dtype=standardized.dtype, device=standardized.device).T
     for start in range(0, n_rows, step):
         rows = slice(start, start + step)
         block = head_gradients(head, standardized[rows], labels[rows])
