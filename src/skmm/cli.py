@@ -140,7 +140,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default="food-reviews",
         help="food-reviews, fashion-mnist (offline) or stanford-cars (downloads from the hub)",
     )
-    real.add_argument("--out", default="bench-out/real", help="output folder")
+    real.add_argument(
+        "--out",
+        default="bench-out/real",
+        help="output folder: runs.csv journal (resumed; several processes may share it)",
+    )
     real.add_argument("--cache", default="bench-out/cache", help="encodings and gradient store")
     real.add_argument("--protocols", nargs="+", default=["linear", "finetune"])
     real.add_argument("--methods", nargs="+", help="methods (default: every method)")

@@ -46,6 +46,28 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    ``fcntl.flock``: the lock is released when the block ends or the process dies, so a
+    crash never leaves it held. POSIX only; elsewhere the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write strict JSON atomically (non-finite floats must already be replaced)."""
     with atomic_write(path, "w") as stream:

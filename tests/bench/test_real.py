@@ -1,5 +1,8 @@
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from skmm.bench import real
 from skmm.bench.real import (
     QUICK,
     Encoded,
+    Journal,
     PreparedTask,
     RealRun,
     _merged_settings,
@@ -72,10 +76,7 @@ def test_tables_show_missing_cells_and_short_seed_counts():
 def test_an_interrupted_grid_never_drops_journaled_runs(tmp_path, monkeypatch):
     # A rerun over a wider grid writes the journal after each new run; every run journaled
     # before must be in that file at every moment, also those of the grid not yet reached.
-    rng = np.random.default_rng(0)
-    split = Encoded({}, rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2)
-    task = PreparedTask("t", split, split, torch.nn.Identity(), 2, {"steps": 1})
-    monkeypatch.setattr(real, "prepare_task", lambda *args, **kwargs: task)
+    tiny_task(monkeypatch)
     calls = []
 
     def one_run(key, *args):
@@ -95,6 +96,80 @@ def test_an_interrupted_grid_never_drops_journaled_runs(tmp_path, monkeypatch):
     held = {(run.method, run.n) for run in read_runs_csv(journal)}
     assert held == {("uniform", 10), ("skmm", 5), ("uniform", 5)}
     assert calls[1:] == [("linear", "skmm", 5, 0), ("linear", "uniform", 5, 0), calls[3]]
+
+
+def tiny_task(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    split = Encoded({}, rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2)
+    task = PreparedTask("t", split, split, torch.nn.Identity(), 2, {"steps": 1})
+    monkeypatch.setattr(real, "prepare_task", lambda *args, **kwargs: task)
+
+
+# A process sharing a journal: a tiny task and a fake run that takes a while and records
+# the process that did it. Fresh interpreters, not forks (a fork of a process whose torch
+# thread pool has run can deadlock).
+SHARING_CHILD = """
+import json, os, sys, time
+import numpy as np, torch
+from skmm.bench import real
+
+split = real.Encoded({}, np.zeros((40, 3), np.float32), np.arange(40) % 2)
+task = real.PreparedTask("t", split, split, torch.nn.Identity(), 2, {"steps": 1})
+real.prepare_task = lambda *args, **kwargs: task
+real.CLAIM_POLL_SECONDS = 0.05
+
+def slow_run(key, *args):
+    protocol, method, n, seed = key
+    time.sleep(0.2)
+    return real.RealRun("t", protocol, method, n, seed, 0.5, 0.5, float(os.getpid()), 0.0)
+
+real._one_run = slow_run
+ready = os.path.join(sys.argv[1], f"ready-{os.getpid()}")
+open(ready, "w").close()
+while sum(name.startswith("ready-") for name in os.listdir(sys.argv[1])) < 2:
+    time.sleep(0.01)  # both have imported: start together
+runs = real.run_real(
+    protocols=("linear",), methods=("skmm", "uniform"), budgets=(5, 10, 20), seeds=2,
+    cache_dir=sys.argv[1], journal=sys.argv[2], progress=False,
+)
+print(len(runs))
+"""
+
+
+def test_processes_sharing_a_journal_split_the_grid_and_each_returns_all_of_it(tmp_path):
+    journal = tmp_path / "runs.csv"
+    command = [sys.executable, "-c", SHARING_CHILD, str(tmp_path), str(journal)]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert [output.split() for output in outputs] == [["12"], ["12"]]  # each got the whole grid
+    runs = read_runs_csv(journal)
+    assert len(runs) == len({(r.method, r.n, r.seed) for r in runs}) == 12  # each run once
+    assert {int(run.select_seconds) for run in runs} == {child.pid for child in children}
+    assert json.loads(journal.with_suffix(".claims.json").read_text()) == {}
+
+
+def test_a_claim_holds_while_its_process_lives_and_is_void_after(tmp_path):
+    journal = Journal(tmp_path / "runs.csv", {"task": "t"})
+    keys = [("linear", 5, "skmm", 0), ("linear", 5, "skmm", 1)]
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    host = real.socket.gethostname()
+    for pid, expected in ((os.getppid(), keys[1]), (finished.pid, keys[0])):
+        claims = {"linear/5/skmm/0": {"host": host, "pid": pid}}
+        journal.claims_path.write_text(json.dumps(claims))
+        key, runs, held = journal.claim(keys)
+        assert (key, runs, held) == (expected, {}, 1 if pid == os.getppid() else 0)
+    # a claim made elsewhere cannot be checked and holds
+    journal.claims_path.write_text(json.dumps({"linear/5/skmm/1": {"host": "elsewhere", "pid": 1}}))
+    assert journal.claim(keys[1:]) == (None, {}, 1)
+    # a recorded run drops its claim and stays in the file
+    run = RealRun("t", "linear", "skmm", 5, 0, 0.5, 0.5, 0.0, 0.0)
+    journal.claims_path.write_text("{}")
+    assert journal.claim(keys)[0] == keys[0]
+    assert journal.record(keys[0], run) == {keys[0]: run}
+    assert json.loads(journal.claims_path.read_text()) == {}
+    assert read_runs_csv(journal.path) == [run]
 
 
 def test_bad_requests_are_refused():

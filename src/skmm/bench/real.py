@@ -33,6 +33,7 @@ import csv
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +47,7 @@ from torch import nn
 
 from ..api import get_method, select
 from ..gradients import sketch_gradients
-from ..io import atomic_write, read_json, write_json, write_npz
+from ..io import atomic_write, file_lock, read_json, write_json, write_npz
 from ..progress import progress_bar
 from ..seeding import derive_seed, numpy_rng
 
@@ -54,6 +55,7 @@ TASKS = ("food-reviews", "fashion-mnist", "stanford-cars")
 PROTOCOLS = ("linear", "finetune")
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DEMO_METHODS = ("skmm", "uniform", "kcenter", "adaptive")
+CLAIM_POLL_SECONDS = 5.0  # how often a process waiting for others' runs looks again
 PENALTY_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 FINETUNE = {
     "food-reviews": {"steps": 150, "batch_size": 16, "lr_body": 5e-5, "lr_head": 2e-3},
@@ -477,7 +479,9 @@ def run_real(
     (its ``stratify=True`` option) instead of over the whole pool. ``journal``: a CSV
     rewritten atomically after every run, next to a JSON of the settings; a rerun with the
     same settings keeps the runs it holds and does only the missing ones, so an
-    interruption loses at most one run.
+    interruption loses at most one run. Several processes may share one journal
+    (:class:`Journal`): each takes the runs no other has taken, and each returns the whole
+    grid once all are done.
     """
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
@@ -514,22 +518,39 @@ def run_real(
         if tuning is not None:
             hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
         settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)
-    journaled = {} if journal is None else _read_journal(Path(journal), settings)
+    shared = None if journal is None else Journal(Path(journal), settings)
+    done: dict[tuple, RealRun] = {}
     grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
+    shown = 0  # runs of the grid the bar shows done
     with progress_bar(len(grid), "runs", progress, unit="run") as bar:
-        bar.update(sum(key in journaled for key in grid))
         for protocol in protocols:
-            todo = [key for key in grid if key[0] == protocol and key not in journaled]
-            features = _selection_features(protocol, task, cache, progress) if todo else None
-            for key in todo:
+            keys = [key for key in grid if key[0] == protocol]
+            features = None
+            while True:
+                if shared is None:
+                    key, held = next((k for k in keys if k not in done), None), 0
+                else:
+                    key, done, held = shared.claim(keys)
+                bar.update(sum(k in done for k in grid) - shown)
+                shown = sum(k in done for k in grid)
+                if key is None:
+                    if not held:
+                        break
+                    time.sleep(CLAIM_POLL_SECONDS)  # the rest is running in other processes
+                    continue
+                if features is None:
+                    features = _selection_features(protocol, task, cache, progress)
                 _, n, method, seed = key
-                journaled[key] = _one_run(
-                    (protocol, method, n, seed), features, task, hyper, penalties, stratify
-                )
-                if journal is not None:  # every run journaled so far, this one too
-                    write_runs_csv(list(journaled.values()), Path(journal))
-                bar.update(1)
-    return [journaled[key] for key in grid]
+                try:
+                    run = _one_run(
+                        (protocol, method, n, seed), features, task, hyper, penalties, stratify
+                    )
+                except BaseException:
+                    if shared is not None:
+                        shared.release(key)
+                    raise
+                done = {**done, key: run} if shared is None else shared.record(key, run)
+    return [done[key] for key in grid]
 
 
 PROTOCOL_SETTINGS = {
@@ -569,24 +590,97 @@ def _merged_settings(stored: dict[str, Any], settings: dict[str, Any]) -> dict[s
     return merged
 
 
-def _read_journal(path: Path, settings: dict[str, Any]) -> dict[tuple, RealRun]:
-    """Runs already in ``path`` (keyed by protocol, n, method, seed), if made with ``settings``
-    (:func:`_merged_settings`; the journal's settings then cover both)."""
-    settings_path = path.with_suffix(".settings.json")
-    if path.exists() and settings_path.exists():
-        stored = read_json(settings_path)
-        merged = _merged_settings(stored, json.loads(json.dumps(settings)))
-        if merged is None:
-            raise ValueError(
-                f"{path} holds runs made with other settings ({settings_path}); choose another "
-                "--out or remove them"
-            )
-        if merged != stored:
-            write_json(settings_path, merged)
-        return {(r.protocol, r.n, r.method, r.seed): r for r in read_runs_csv(path)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(settings_path, settings)
-    return {}
+def _run_key(key: tuple) -> str:
+    return "/".join(str(part) for part in key)
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the process that made a claim still runs (assumed so on another host)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Journal:
+    """A grid's runs.csv, shared safely by any number of processes.
+
+    Every change happens under an exclusive lock (``runs.lock`` beside it): a process
+    re-reads the file, adds its run and rewrites it atomically, so the runs of the others are
+    kept. A process claims a run before starting it (``runs.claims.json``: host and pid);
+    the others skip it and, once nothing else is left, wait for it. A claim whose process is
+    gone (checked on this host) is void, so a crash costs at most the run it was doing. The
+    settings (``runs.settings.json``) must agree with the journal's (:func:`_merged_settings`;
+    they then cover both), else ValueError.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings_path = path.with_suffix(".settings.json")
+        self.claims_path = path.with_suffix(".claims.json")
+        self.lock_path = path.with_suffix(".lock")
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        with file_lock(self.lock_path):
+            if not (path.exists() and self.settings_path.exists()):
+                write_json(self.settings_path, settings)
+                return
+            stored = read_json(self.settings_path)
+            merged = _merged_settings(stored, json.loads(json.dumps(settings)))
+            if merged is None:
+                raise ValueError(
+                    f"{path} holds runs made with other settings ({self.settings_path}); "
+                    "choose another --out or remove them"
+                )
+            if merged != stored:
+                write_json(self.settings_path, merged)
+
+    def runs(self) -> dict[tuple, RealRun]:
+        """The journaled runs, keyed by (protocol, n, method, seed), in file order."""
+        if not self.path.exists():
+            return {}
+        return {(r.protocol, r.n, r.method, r.seed): r for r in read_runs_csv(self.path)}
+
+    def _claims(self) -> dict[str, dict[str, Any]]:
+        if not self.claims_path.exists():
+            return {}
+        return {k: v for k, v in read_json(self.claims_path).items() if _alive(v)}
+
+    def claim(self, keys: Sequence[tuple]) -> tuple[tuple | None, dict[tuple, RealRun], int]:
+        """The first of ``keys`` neither journaled nor claimed by a live process, now claimed
+        by this one (or None), the journal's runs, and how many of ``keys`` others hold."""
+        with file_lock(self.lock_path):
+            runs, claims = self.runs(), self._claims()
+            held = sum(_run_key(key) in claims for key in keys if key not in runs)
+            for key in keys:
+                if key not in runs and _run_key(key) not in claims:
+                    write_json(self.claims_path, {**claims, _run_key(key): self.owner})
+                    return key, runs, held
+            write_json(self.claims_path, claims)
+            return None, runs, held
+
+    def record(self, key: tuple, run: RealRun) -> dict[tuple, RealRun]:
+        """Add ``run`` to the file and drop its claim; the journal's runs after."""
+        with file_lock(self.lock_path):
+            runs = {**self.runs(), key: run}
+            write_runs_csv(list(runs.values()), self.path)
+            self._drop_claim(key)
+            return runs
+
+    def release(self, key: tuple) -> None:
+        """Drop this process's claim of ``key`` (its run failed or was interrupted)."""
+        with file_lock(self.lock_path):
+            self._drop_claim(key)
+
+    def _drop_claim(self, key: tuple) -> None:
+        claims = self._claims()
+        if claims.get(_run_key(key)) == self.owner:
+            del claims[_run_key(key)]
+            write_json(self.claims_path, claims)
 
 
 def read_runs_csv(path: Path) -> list[RealRun]:
@@ -612,15 +706,16 @@ def _selection_features(
         for start in range(0, len(train.labels), 32)
     ]
     digest = hashlib.sha256(train.embedding.tobytes()).hexdigest()[:16]
-    result = sketch_gradients(
-        task.base,
-        batches,
-        sketch_dim=SKETCH_DIM,
-        target="jacobian",
-        batch_size=32,
-        store=cache / f"grads-{digest}",
-        progress=progress,
-    )
+    with file_lock(cache / f"grads-{digest}.lock"):  # one process sketches, the others load
+        result = sketch_gradients(
+            task.base,
+            batches,
+            sketch_dim=SKETCH_DIM,
+            target="jacobian",
+            batch_size=32,
+            store=cache / f"grads-{digest}",
+            progress=progress,
+        )
     return result.features
 
 
