@@ -160,6 +160,9 @@ def test_a_claim_holds_while_its_process_lives_and_is_void_after(tmp_path):
         journal.claims_path.write_text(json.dumps(claims))
         key, runs, held = journal.claim(keys)
         assert (key, runs, held) == (expected, {}, 1 if pid == os.getppid() else 0)
+    # a claim of this very process is a leftover of a run that failed: void
+    journal.claims_path.write_text(json.dumps({"linear/5/skmm/0": journal.owner}))
+    assert journal.claim(keys)[:2] == (keys[0], {})
     # a claim made elsewhere cannot be checked and holds
     journal.claims_path.write_text(json.dumps({"linear/5/skmm/1": {"host": "elsewhere", "pid": 1}}))
     assert journal.claim(keys[1:]) == (None, {}, 1)

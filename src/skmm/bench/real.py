@@ -538,10 +538,10 @@ def run_real(
                         break
                     time.sleep(CLAIM_POLL_SECONDS)  # the rest is running in other processes
                     continue
-                if features is None:
-                    features = _selection_features(protocol, task, cache, progress)
                 _, n, method, seed = key
                 try:
+                    if features is None:
+                        features = _selection_features(protocol, task, cache, progress)
                     run = _one_run(
                         (protocol, method, n, seed), features, task, hyper, penalties, stratify
                     )
@@ -626,7 +626,8 @@ class Journal:
         self.lock_path = path.with_suffix(".lock")
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
         with file_lock(self.lock_path):
-            if not (path.exists() and self.settings_path.exists()):
+            fresh = not path.exists() and not self._claims()  # no runs, none under way
+            if fresh or not self.settings_path.exists():
                 write_json(self.settings_path, settings)
                 return
             stored = read_json(self.settings_path)
@@ -654,7 +655,9 @@ class Journal:
         """The first of ``keys`` neither journaled nor claimed by a live process, now claimed
         by this one (or None), the journal's runs, and how many of ``keys`` others hold."""
         with file_lock(self.lock_path):
-            runs, claims = self.runs(), self._claims()
+            runs = self.runs()
+            # a claim of this process's own is left from a run that failed before its end
+            claims = {k: v for k, v in self._claims().items() if v != self.owner}
             held = sum(_run_key(key) in claims for key in keys if key not in runs)
             for key in keys:
                 if key not in runs and _run_key(key) not in claims:
