@@ -113,10 +113,12 @@ def test_quick_fashion_mnist_end_to_end(tmp_path):
     assert [name.split("-")[0] for name in cached] == [
         "fashion",
         "fashion",
-        "grads",
+        "grads",  # the gradient sketch store
+        "grads",  # its lock (processes sharing the cache wait for one to sketch)
         "tune",
         "tune",
     ]
+    assert cached[3].endswith(".lock")
     # the pool's encoding holds the trunk output the finetuned layers take
     train_cache = next((tmp_path / "cache").glob("fashion-mnist-train-*.npz"))
     with np.load(train_cache) as stored:
