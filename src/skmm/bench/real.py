@@ -531,8 +531,9 @@ def run_real(
                     key, held = next((k for k in keys if k not in done), None), 0
                 else:
                     key, done, held = shared.claim(keys)
-                bar.update(sum(k in done for k in grid) - shown)
-                shown = sum(k in done for k in grid)
+                finished = sum(k in done for k in grid)
+                bar.update(finished - shown)
+                shown = finished
                 if key is None:
                     if not held:
                         break
@@ -549,7 +550,10 @@ def run_real(
                     if shared is not None:
                         shared.release(key)
                     raise
-                done = {**done, key: run} if shared is None else shared.record(key, run)
+                if shared is None:
+                    done[key] = run
+                else:
+                    done = shared.record(key, run)
     return [done[key] for key in grid]
 
 
@@ -602,8 +606,8 @@ def _alive(owner: dict[str, Any]) -> bool:
         os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by another user
+        pass
     return True
 
 
