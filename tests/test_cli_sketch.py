@@ -13,6 +13,7 @@ import pytest
 
 from skmm.cli import main
 from skmm.gradients import load_gradient_sketch
+from skmm.store import SketchStore
 
 TASK = textwrap.dedent(
     """
@@ -94,6 +95,16 @@ def test_a_store_for_another_request_is_refused(task_file, tmp_path, capsys):
     assert main(sketch_args(f"{task_file}:make", store)) == 0
     assert main(sketch_args(f"{task_file}:make", store, "--seed", "4")) == 2
     assert "seed: stored 0, requested 4" in capsys.readouterr().err
+
+
+def test_a_store_being_written_is_refused_to_a_second_sketch(task_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    writer = SketchStore.open_for_writing(store, {"sketch_dim": 8})  # another sketch, running
+    assert main(sketch_args(f"{task_file}:make", store)) == 2
+    assert "being written by another writer" in capsys.readouterr().err
+    writer.close()
+    assert main(sketch_args(f"{task_file}:make", store)) == 2  # a store for another request
+    assert "made for a different request" in capsys.readouterr().err
 
 
 def test_a_killed_sketch_resumes_to_an_identical_store(task_file, tmp_path):

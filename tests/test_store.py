@@ -228,8 +228,9 @@ store.finish({"note": "done"})
 """
 
 
-def run_until_killed(path, total, kill_at_shards):
-    """Run SCRIPT in a subprocess; SIGKILL it once the manifest lists kill_at_shards shards."""
+def run_until_killed(path, total, kill_at_shards, while_running=None):
+    """Run SCRIPT in a subprocess; SIGKILL it once the manifest lists kill_at_shards shards
+    (calling ``while_running()`` just before)."""
     args = [str(Path(skmm.store.__file__).parent), str(path), str(total), json.dumps(IDENTITY)]
     process = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, *args], stdout=subprocess.PIPE, text=True
@@ -247,6 +248,8 @@ def run_until_killed(path, total, kill_at_shards):
             time.sleep(0.001)
         else:
             pytest.fail("the writer made no progress")
+        if while_running is not None:
+            while_running()
         os.kill(process.pid, signal.SIGKILL)
     finally:
         if process.poll() is None:
@@ -269,6 +272,7 @@ def test_sigkilled_writer_resumes_to_identical_store(tmp_path):
 
     store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
     assert store.rows_done >= 80 and store.rows_done % 4 == 0 and not store.complete
+    store.close()
     write_store(
         path, total, [store.rows_done + 5, 150], start=store.rows_done, meta={"note": "done"}
     )
@@ -278,6 +282,70 @@ def test_sigkilled_writer_resumes_to_identical_store(tmp_path):
 
 
 # ------------------------------------------------------------------ refusals
+
+
+WRITING = "being written by another writer"
+
+
+def test_a_second_writer_in_another_process_is_refused_until_the_first_dies(tmp_path):
+    path = tmp_path / "s"
+
+    def second_writer():
+        with pytest.raises(StoreError, match=WRITING + ".*choose another --out"):
+            SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+
+    run_until_killed(path, 400, kill_at_shards=2, while_running=second_writer)
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)  # the kernel let go
+    assert store.rows_done >= 8 and not store.complete
+    write_store(tmp_path / "ref", 30)
+    store.close()
+    write_store(path, 30, start=store.rows_done)
+    assert snapshot(path) == snapshot(tmp_path / "ref")
+
+
+def test_a_second_writer_in_this_process_is_refused_until_close_or_finish(tmp_path):
+    path = tmp_path / "s"
+    first = write_store(path, 6, finish=False)  # one full shard listed, two rows buffered
+    with pytest.raises(StoreError, match=WRITING):
+        SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    first.close()
+    with pytest.raises(StoreError, match="was closed; open it again"):
+        first.append(*make_rows(6, 7))
+    with pytest.raises(StoreError, match="was closed"):
+        first.finish()
+    second = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    assert second.rows_done == 4  # the closed writer's buffered rows were dropped
+    second.append(*make_rows(4, 10))
+    second.finish()
+    second.close()  # a no-op after finish
+    assert snapshot(path) == snapshot(write_store(tmp_path / "ref", 10).path)
+    readers = [SketchStore.open_for_writing(path, IDENTITY, shard_rows=4) for _ in range(2)]
+    assert all(store.complete for store in readers)  # a complete store holds no lock
+
+
+def test_a_writer_dropped_without_close_lets_go(tmp_path):
+    write_store(tmp_path / "s", 6, finish=False)  # returned and discarded: garbage
+    assert SketchStore.open_for_writing(tmp_path / "s", IDENTITY, shard_rows=4).rows_done == 4
+
+
+def test_a_failed_write_lets_a_new_writer_resume(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    store = write_store(path, 5, finish=False)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(skmm.store, "write_shard", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.append(*make_rows(5, 9))
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="earlier write .* failed"):
+        store.append(*make_rows(9, 10))
+    resumed = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)  # store still alive
+    assert resumed.rows_done == 4
+    resumed.append(*make_rows(4, 10))
+    resumed.finish()
+    assert snapshot(path) == snapshot(write_store(tmp_path / "ref", 10).path)
 
 
 def test_mismatched_identity_names_each_key(tmp_path):

@@ -7,7 +7,9 @@ are written atomically (temp file, fsync, rename), shards before the manifest th
 with their sha256: a killed run resumes from its last complete shard and ends byte-identical to
 an uninterrupted one. A store made for another request, or with a file failing its checksum, is
 refused with a message naming the problem; nothing is unpickled, and the manifest can only name
-plain shard files inside the store directory.
+plain shard files inside the store directory. One writer at a time: a writer holds an exclusive
+``flock`` on the store directory until it finishes or is closed (the kernel drops it when the
+process dies), and a second writer is refused at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import json
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +81,12 @@ class SketchStore:
         )
         self._writable = writable
         self._broken = False
+        self._closed = False
         self._pending_features: list[np.ndarray] = []
         self._pending_labels: list[np.ndarray] = []
         self._pending_rows = 0
         self._pending_entry: dict[str, Any] | None = None
+        self._unlock: weakref.finalize | None = None
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "writing"
@@ -103,7 +108,8 @@ class SketchStore:
         after it are dropped, unlisted shard and temp files are deleted, and ``rows_done`` counts
         the rows kept (the caller appends from there). A complete, intact store comes back with
         ``complete=True``. A different identity, or a non-empty directory without a manifest, is
-        refused with :class:`StoreError`.
+        refused with :class:`StoreError`; so is a store another writer holds open (its lock is
+        held until :meth:`finish` or :meth:`close`, or until its process ends).
         """
         path = Path(path)
         identity = _check_identity(identity)
@@ -113,18 +119,32 @@ class SketchStore:
             raise StoreError(
                 f"{path} exists and is not a directory; choose another --out for the sketch store"
             )
+        path.mkdir(parents=True, exist_ok=True)
+        lock = _lock_writer(path)
+        try:
+            store = cls._open_locked(path, identity, shard_rows)
+        except BaseException:
+            if lock is not None:
+                os.close(lock)
+            raise
+        if lock is not None:
+            store._unlock = weakref.finalize(store, os.close, lock)  # closed with the store
+            if store.complete:
+                store._unlock()  # nothing left to write
+        return store
+
+    @classmethod
+    def _open_locked(cls, path: Path, identity: dict[str, Any], shard_rows: int) -> SketchStore:
         if not (path / MANIFEST).exists():
-            if path.is_dir():
-                entries = list(path.iterdir())
-                leftovers = [e for e in entries if _TEMP_NAME.match(e.name) and e.is_file()]
-                if len(leftovers) != len(entries):
-                    raise StoreError(
-                        f"{path} is not empty and holds no {MANIFEST}: refusing to write a "
-                        "sketch store into an unrelated directory; choose another --out"
-                    )
-                for leftover in leftovers:  # a manifest temp file from a run killed at once
-                    leftover.unlink(missing_ok=True)
-            path.mkdir(parents=True, exist_ok=True)
+            entries = list(path.iterdir())
+            leftovers = [e for e in entries if _TEMP_NAME.match(e.name) and e.is_file()]
+            if len(leftovers) != len(entries):
+                raise StoreError(
+                    f"{path} is not empty and holds no {MANIFEST}: refusing to write a "
+                    "sketch store into an unrelated directory; choose another --out"
+                )
+            for leftover in leftovers:  # a manifest temp file from a run killed at once
+                leftover.unlink(missing_ok=True)
             store = cls(path, _new_manifest(identity, shard_rows), writable=True)
             store._write_manifest()
             return store
@@ -233,8 +253,18 @@ class SketchStore:
         try:
             self._write_manifest()
         except BaseException:
-            self.complete, self.metadata, self._broken = False, {}, True
+            self.complete, self.metadata = False, {}
+            self._break()
             raise
+        self.close()
+
+    def close(self) -> None:
+        """Let another writer open the store. Rows appended but not yet in a full shard are
+        dropped (a later :meth:`open_for_writing` resumes after the last listed shard); after
+        :meth:`finish` this is a no-op."""
+        if self._unlock is not None:
+            self._unlock()
+        self._closed = not self.complete
 
     # ----------------------------------------------------------------- reading
 
@@ -311,13 +341,24 @@ class SketchStore:
                 f"an earlier write to store {self.path} failed; "
                 "open it again with open_for_writing to resume"
             )
+        if self._closed:
+            raise StoreError(
+                f"store {self.path} was closed; open it again with open_for_writing to resume"
+            )
 
     def _guarded_flush(self, *, final: bool) -> None:
         try:
             self._flush(final=final)
         except BaseException:
-            self._broken = True  # buffered rows may be half-written: resume from disk instead
+            self._break()
             raise
+
+    def _break(self) -> None:
+        """Refuse further writes (buffered rows may be half-written: resume from disk instead)
+        and let a new writer, in this process or another, resume the store."""
+        self._broken = True
+        if self._unlock is not None:
+            self._unlock()
 
     def _flush(self, *, final: bool) -> None:
         written = False
@@ -724,6 +765,29 @@ def _read_npy(
             f"store {directory}: {name} holds {array.dtype} {array.shape}; expected {dtype} {shape}"
         )
     return array
+
+
+def _lock_writer(path: Path) -> int | None:
+    """Take the store directory's writer lock (``flock``, exclusive, not waiting): the open
+    descriptor holding it, or None where advisory locks are unavailable (Windows, some NFS)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise StoreError(
+            f"store {path} is being written by another writer (another process, or a "
+            "SketchStore in this one that was neither finished nor closed); wait for it to "
+            "finish, then rerun to resume or reuse the store, or choose another --out"
+        ) from None
+    except OSError:  # the file system has no flock: write unguarded
+        os.close(handle)
+        return None
+    return handle
 
 
 def _fsync_dir(path: Path) -> None:

@@ -144,7 +144,11 @@ def sketch_gradients(
         plan = _Plan(data, batch_size, shard_rows, identity)
         if store is not None:
             plan.open_store(store)
-        result = _stream(computer, sketch_map, plan, progress)
+        try:
+            result = _stream(computer, sketch_map, plan, progress)
+        finally:
+            if plan.writer is not None:
+                plan.writer.close()  # a failed run leaves the store free to resume at once
         if store is None:
             return result
         return load_gradient_sketch(store) if load else _lazy_gradient_sketch(store)
