@@ -24,6 +24,7 @@ SCRIPTS = {
     "gradients": "bench_gradients.py",
     "baselines": "bench_baselines.py",
     "gradmatch": "bench_gradmatch.py",
+    "greedy": "bench_greedy.py",
 }
 
 

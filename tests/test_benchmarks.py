@@ -17,6 +17,7 @@ HEADINGS = {
     "gradients": ["## Throughput"],
     "baselines": ["## k-center greedy and herding", "## Time against N", "## Facility location"],
     "gradmatch": ["## Pursuit time and quality"],
+    "greedy": ["## Lazy against plain A-optimal greedy", "## End-to-end SkMM selection"],
 }
 
 
