@@ -12,7 +12,8 @@ Two tables (docs/skmm.md "Cost" quotes them):
   X = N rows of 256 standard normal features scaled by 1/j (float32), with SkMM's own stage
   timings (spectrum, greedy design); one run each (the spectrum is O(N·m²) and dominates).
 
-    python benchmarks/bench_greedy.py --threads 1     # N = 2·10⁵ greedy, N = 10⁶ selection
+    python benchmarks/bench_greedy.py --threads 1     # N = 2·10⁵ greedy; N = 10⁶ selection,
+                                                      # n up to 10⁴ (DESIGN.md §6's scale)
     python benchmarks/bench_greedy.py --quick         # seconds (CI smoke)
 """
 
@@ -132,7 +133,7 @@ def main() -> None:
     set_threads(args.threads)
     preamble("SkMM greedy design: lazy against plain, and selection time at large N")
     greedy_cases = [(32, 500), (64, 200)]
-    select_cases = [(64, 100), (64, 1000), (32, 1000)]
+    select_cases = [(64, 100), (64, 1000), (32, 1000), (64, 10_000)]
     if args.quick:
         args.greedy_rows, args.select_rows = 5_000, 20_000
         greedy_cases, select_cases = [(8, 40)], [(16, 50)]
