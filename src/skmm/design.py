@@ -248,7 +248,8 @@ def _lazy_greedy(
             threshold = value if fresh else -math.inf
             while True:
                 if threshold > -math.inf:
-                    stale = torch.nonzero((bounds >= threshold) & (fresh_at != step)).flatten()
+                    stale = torch.nonzero(bounds >= threshold).flatten()
+                    stale = stale[fresh_at[stale] != step]
                 elif layout.start <= best < layout.stop:
                     stale = torch.tensor([best - layout.start], device=device)
                 else:
@@ -259,7 +260,12 @@ def _lazy_greedy(
                 if stale.numel():
                     fresh_at[stale] = step
                     refreshed = float(bounds[stale].max())
-                settled = _if_settled(bounds, threshold, layout, points.take, k)
+                # a rank that refreshed rows knows the round is not the step's last
+                settled = (
+                    _if_settled(bounds, threshold, layout, points.take, k)
+                    if stale.numel() == 0
+                    else [math.nan] * (5 + k)
+                )
                 exchanged = layout.all_ranks([float(stale.numel()), refreshed, *settled])
                 if exchanged[:, 0].sum() == 0:
                     break
