@@ -293,6 +293,8 @@ def test_a_second_writer_in_another_process_is_refused_until_the_first_dies(tmp_
     def second_writer():
         with pytest.raises(StoreError, match=WRITING + ".*choose another --out"):
             SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+        with pytest.raises(StoreError, match="still running; wait for it to finish"):
+            SketchStore.open(path)  # a reader is told not to resume it
 
     run_until_killed(path, 400, kill_at_shards=2, while_running=second_writer)
     store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)  # the kernel let go
@@ -308,7 +310,11 @@ def test_a_second_writer_in_this_process_is_refused_until_close_or_finish(tmp_pa
     first = write_store(path, 6, finish=False)  # one full shard listed, two rows buffered
     with pytest.raises(StoreError, match=WRITING):
         SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    with pytest.raises(StoreError, match="still running"):
+        SketchStore.open(path)
     first.close()
+    with pytest.raises(StoreError, match="incomplete store .*4 of \\? rows written; rerun"):
+        SketchStore.open(path)
     with pytest.raises(StoreError, match="was closed; open it again"):
         first.append(*make_rows(6, 7))
     with pytest.raises(StoreError, match="was closed"):

@@ -179,6 +179,11 @@ class SketchStore:
         manifest = _load_manifest(path)
         if manifest["state"] != "complete":
             rows = sum(shard["rows"] for shard in manifest["shards"])
+            if _being_written(path):
+                raise StoreError(
+                    f"incomplete store {path}: {rows} of ? rows written so far by a writer "
+                    "that is still running; wait for it to finish"
+                )
             raise StoreError(
                 f"incomplete store {path}: {rows} of ? rows written; "
                 "rerun the same `skmm sketch` command to resume"
@@ -788,6 +793,19 @@ def _lock_writer(path: Path) -> int | None:
         os.close(handle)
         return None
     return handle
+
+
+def _being_written(path: Path) -> bool:
+    """True when a writer holds the store's lock now (False where locks are unavailable)."""
+    try:
+        lock = _lock_writer(path)
+    except StoreError:
+        return True
+    except OSError:
+        return False
+    if lock is not None:
+        os.close(lock)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:
