@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import skmm
+import skmm.design
 from skmm.design import WhitenedRows, greedy_design
 from skmm.distributed import world
 from skmm.gradients import sketch_gradients
@@ -88,6 +89,11 @@ def selections(workdir, tag):
     ).indices
     whitened = WhitenedRows(PoolRows.of(as_feature_matrix(mapped[:, :16])), None, None, keep=False)
     out["lazy_aopt"] = greedy_design(whitened, 30, "aopt", lazy=True).order
+    saved, skmm.design.WINDOW_ROWS = skmm.design.WINDOW_ROWS, 16  # each rank's window in use
+    try:
+        out["lazy_aopt_window"] = greedy_design(whitened, 30, "aopt", lazy=True).order
+    finally:
+        skmm.design.WINDOW_ROWS = saved
     tiny = SketchStore.open(workdir / "tiny-store", verify=False).array()  # rank 0: no rows
     for objective, extra in (("aopt", {}), ("logdet", {}), ("seed", {"max_iter": 50})):
         chosen = skmm.select(tiny, 12, objective=objective, random_state=1, **extra)

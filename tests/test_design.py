@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import skmm.design
 from skmm.design import choose_directions, greedy_design, whiten
 from skmm.spectrum import spectrum
 
@@ -59,6 +60,27 @@ def test_lazy_aopt_reaches_the_plain_objective():
     assert lazy.evaluations < plain.evaluations
     plain_value = criterion_value(points, plain.order, 40, "aopt")
     assert criterion_value(points, lazy.order, 40, "aopt") >= 1.01 * plain_value
+
+
+@pytest.mark.parametrize("criterion", ["aopt", "logdet"])
+@pytest.mark.parametrize("window", [4, 64, 700])
+def test_the_lazy_greedy_window_changes_nothing(monkeypatch, criterion, window):
+    rng = np.random.default_rng(window)
+    points = rng.standard_normal((2500, 6)) / np.arange(1, 7) ** 0.5
+    points = np.concatenate([points, points[:400], points[:50]])  # tied bounds
+    monkeypatch.setattr(skmm.design, "WINDOW_ROWS", 10**9)  # no window: every round reads all
+    full = greedy_design(torch.from_numpy(points), 300, criterion, lazy=True)
+    rebuilds = []
+    rebuild = skmm.design._BoundWindow.rebuild
+    monkeypatch.setattr(skmm.design, "WINDOW_ROWS", window)
+    monkeypatch.setattr(
+        skmm.design._BoundWindow, "rebuild", lambda self, b: rebuilds.append(1) or rebuild(self, b)
+    )
+    windowed = greedy_design(torch.from_numpy(points), 300, criterion, lazy=True)
+    np.testing.assert_array_equal(windowed.order, full.order)
+    np.testing.assert_array_equal(windowed.gains, full.gains)
+    assert windowed.evaluations == full.evaluations
+    assert len(rebuilds) > 1  # the window was outgrown and rebuilt along the way
 
 
 def test_whitening_makes_the_pool_moment_the_identity():

@@ -118,6 +118,7 @@ SELECTIONS = [
     "skmm_store",
     "skmm_memmap_seed",
     "lazy_aopt",
+    "lazy_aopt_window",
     "tiny_aopt",
     "tiny_logdet",
     "tiny_seed",
@@ -166,6 +167,7 @@ def test_the_selections_are_not_trivial(selected):
     _, labels = scenarios.pool()
     assert np.unique(labels[single["skmm_aopt"]]).size == 12  # every cluster covered
     assert not np.array_equal(single["uniform"], single["uniform_stratified"])
+    np.testing.assert_array_equal(single["lazy_aopt_window"], single["lazy_aopt"])
 
 
 TASK = """

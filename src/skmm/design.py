@@ -41,6 +41,9 @@ CRITERIA = ("logdet", "aopt")
 MIN_CLEAN_GAP = 10.0
 PLAIN_GREEDY_LIMIT = 2 * 10**8
 REFRESH_DROP = 1e-4
+WINDOW_ROWS = 32_768
+"""The lazy greedy keeps this many of a rank's largest bounds in view (ranks of at least four
+times as many rows), so that a refresh round reads them instead of all of the rank's rows."""
 
 
 @dataclass(frozen=True)
@@ -243,11 +246,16 @@ def _lazy_greedy(
     picked = torch.empty(n, k, dtype=torch.float64, device=device)
     evaluations = layout.n_rows
     value, best, fresh = layout.argmax(bounds, flags=fresh_at == 0)
+    window = _BoundWindow(bounds) if layout.n_local >= 4 * WINDOW_ROWS else None
     with progress_bar(n, f"greedy {criterion}", progress, unit="pick") as bar:
         for step in range(n):
             threshold = value if fresh else -math.inf
             while True:
-                if threshold > -math.inf:
+                view = window.view(bounds, threshold) if window is not None else None
+                if view is not None:
+                    stale = view.rows[view.bounds >= threshold]
+                    stale = stale[fresh_at[stale] != step]
+                elif threshold > -math.inf:
                     stale = torch.nonzero(bounds >= threshold).flatten()
                     stale = stale[fresh_at[stale] != step]
                 elif layout.start <= best < layout.stop:
@@ -260,9 +268,11 @@ def _lazy_greedy(
                 if stale.numel():
                     fresh_at[stale] = step
                     refreshed = float(bounds[stale].max())
+                    if window is not None:
+                        window.refreshed(bounds, stale)
                 # a rank that refreshed rows knows the round is not the step's last
                 settled = (
-                    _if_settled(bounds, threshold, layout, points.take, k)
+                    _if_settled(bounds, threshold, layout, points.take, k, view)
                     if stale.numel() == 0
                     else [math.nan] * (5 + k)
                 )
@@ -276,9 +286,66 @@ def _lazy_greedy(
             order[step], gains[step], picked[step] = row, threshold, point.to(device)
             if layout.start <= row < layout.stop:
                 bounds[row - layout.start] = -math.inf
+                if window is not None:
+                    window.refreshed(bounds, torch.tensor([row - layout.start]))
             inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
+
+
+@dataclass
+class _WindowView:
+    """The window's rows (ascending local positions) and their bounds now, for one round."""
+
+    rows: torch.Tensor
+    bounds: torch.Tensor
+    outside: tuple[float, int]
+
+
+class _BoundWindow:
+    """A rank's :data:`WINDOW_ROWS` largest lazy-greedy bounds, and the largest bound of its
+    other rows (with its lowest position), as they were when the window was last built.
+
+    A refresh round only refreshes, and a step only picks, rows whose bound reaches the
+    round's threshold; while the largest bound outside is below it, every such row is in the
+    window, and a round reads WINDOW_ROWS bounds instead of all of them. Rows outside keep
+    their bounds until one is refreshed or picked, which rebuilds the window (O(N)).
+    """
+
+    def __init__(self, bounds: torch.Tensor) -> None:
+        self.rows = torch.zeros(0, dtype=torch.int64, device=bounds.device)
+        self.inside = torch.zeros(bounds.numel(), dtype=torch.bool, device=bounds.device)
+        self.outside = (-math.inf, 0)
+        self.rebuild(bounds)
+
+    def rebuild(self, bounds: torch.Tensor) -> None:
+        """Keep the rows whose bound reaches a level that about WINDOW_ROWS bounds reach (read
+        off every 16th bound: any window gives the same picks, only the speed depends on it)."""
+        sample = bounds[::16]
+        keep = max(1, min(sample.numel(), WINDOW_ROWS // 16))
+        level = float(torch.kthvalue(sample, sample.numel() - keep + 1).values)
+        self.inside[self.rows] = False
+        self.rows = torch.nonzero(bounds >= level).flatten()
+        self.inside[self.rows] = True
+        rest = bounds.masked_fill(self.inside, -math.inf)
+        first = int(torch.argmax(rest))
+        self.outside = (float(rest[first]), first)
+
+    def view(self, bounds: torch.Tensor, threshold: float) -> _WindowView | None:
+        """The window for a round at ``threshold`` (rebuilt first when a row outside reaches
+        it), or None when more than WINDOW_ROWS rows reach it."""
+        if threshold == -math.inf:
+            return None
+        if threshold <= self.outside[0]:
+            self.rebuild(bounds)
+            if threshold <= self.outside[0]:
+                return None
+        return _WindowView(self.rows, bounds[self.rows], self.outside)
+
+    def refreshed(self, bounds: torch.Tensor, rows: torch.Tensor) -> None:
+        """Rebuild when any of ``rows`` (whose bounds just changed) lies outside."""
+        if not bool(self.inside[rows].all()):
+            self.rebuild(bounds)
 
 
 def _if_settled(
@@ -287,18 +354,32 @@ def _if_settled(
     layout: Layout,
     take: Callable[[np.ndarray], torch.Tensor],
     width: int,
+    view: _WindowView | None = None,
 ) -> list[float]:
     """What this rank reports in case no rank refreshed a bound this round.
 
     [candidate position, best bound and its position, best bound and position without the
     candidate, the candidate's row]: the candidate is this rank's first row whose bound
     reaches ``threshold`` (the step's winner is the lowest candidate over ranks); the best
-    bounds give the next step's best once the winner is known.
+    bounds give the next step's best once the winner is known. With a ``view`` of the
+    window (every row reaching ``threshold`` is in it) the same report reads only its rows.
     """
     if threshold == -math.inf:  # a round in which the best row is refreshed: never the last
         return [math.nan] * (5 + width)
     candidate, row = float(layout.n_rows), [math.nan] * width
     best = others = [-math.inf, float(layout.n_rows)]
+    if view is not None:
+        values = view.bounds.clone()
+        best = others = _best_of(values, view, layout.start)
+        reaching = values >= threshold
+        if bool(reaching.any()):
+            place = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
+            local = int(view.rows[place])
+            candidate = float(layout.start + local)
+            row = take(np.asarray([local]))[0].double().cpu().tolist()
+            values[place] = -math.inf
+            others = _best_of(values, view, layout.start)
+        return [candidate, *best, *others, *row]
     if bounds.numel():
         first = int(torch.argmax(bounds))
         best = others = [float(bounds[first]), float(layout.start + first)]
@@ -312,6 +393,17 @@ def _if_settled(
             others = [float(bounds[second]), float(layout.start + second)]
             bounds[local] = kept
     return [candidate, *best, *others, *row]
+
+
+def _best_of(values: torch.Tensor, view: _WindowView, start: int) -> list[float]:
+    """[largest bound, its lowest position] over the window's ``values`` and the rows
+    outside it, as ``torch.argmax`` over all of the rank's bounds would give."""
+    place = int(torch.argmax(values))
+    inside = (float(values[place]), int(view.rows[place]))
+    outside = view.outside
+    if outside[0] > inside[0] or (outside[0] == inside[0] and outside[1] < inside[1]):
+        inside = outside
+    return [inside[0], float(start + inside[1])]
 
 
 def _settle(reports: np.ndarray, n_rows: int) -> tuple[int, torch.Tensor, float, int]:
