@@ -42,8 +42,8 @@ MIN_CLEAN_GAP = 10.0
 PLAIN_GREEDY_LIMIT = 2 * 10**8
 REFRESH_DROP = 1e-4
 WINDOW_ROWS = 32_768
-"""The lazy greedy keeps this many of a rank's largest bounds in view (ranks of at least four
-times as many rows), so that a refresh round reads them instead of all of the rank's rows."""
+"""The lazy greedy keeps about this many of a rank's largest bounds in view (ranks of at least
+four times as many rows), so that a refresh round reads them instead of all of the rank's rows."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,7 @@ def _lazy_greedy(
             if layout.start <= row < layout.stop:
                 bounds[row - layout.start] = -math.inf
                 if window is not None:
-                    window.refreshed(bounds, torch.tensor([row - layout.start]))
+                    window.refreshed(bounds, torch.tensor([row - layout.start], device=device))
             inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
@@ -303,8 +303,8 @@ class _WindowView:
 
 
 class _BoundWindow:
-    """A rank's :data:`WINDOW_ROWS` largest lazy-greedy bounds, and the largest bound of its
-    other rows (with its lowest position), as they were when the window was last built.
+    """About :data:`WINDOW_ROWS` of a rank's largest lazy-greedy bounds, and the largest bound
+    of its other rows (with its lowest position), as they were when the window was last built.
 
     A refresh round only refreshes, and a step only picks, rows whose bound reaches the
     round's threshold; while the largest bound outside is below it, every such row is in the
