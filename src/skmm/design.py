@@ -295,11 +295,16 @@ def _lazy_greedy(
 
 @dataclass
 class _WindowView:
-    """The window's rows (ascending local positions) and their bounds now, for one round."""
+    """The window's rows (ascending local positions; None: all of the rank's rows) and their
+    bounds now, for one round, with the largest bound outside it and its lowest position."""
 
-    rows: torch.Tensor
+    rows: torch.Tensor | None
     bounds: torch.Tensor
-    outside: tuple[float, int]
+    outside: tuple[float, int] = (-math.inf, 0)
+
+    def position(self, place: int) -> int:
+        """The local position of the window's row at ``place``."""
+        return place if self.rows is None else int(self.rows[place])
 
 
 class _BoundWindow:
@@ -366,32 +371,22 @@ def _if_settled(
     """
     if threshold == -math.inf:  # a round in which the best row is refreshed: never the last
         return [math.nan] * (5 + width)
+    if view is None:
+        view = _WindowView(None, bounds)
     candidate, row = float(layout.n_rows), [math.nan] * width
     best = others = [-math.inf, float(layout.n_rows)]
-    if view is not None:
-        values = view.bounds.clone()
+    values = view.bounds
+    if values.numel():
         best = others = _best_of(values, view, layout.start)
         reaching = values >= threshold
         if bool(reaching.any()):
             place = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
-            local = int(view.rows[place])
+            local = view.position(place)
             candidate = float(layout.start + local)
             row = take(np.asarray([local]))[0].double().cpu().tolist()
-            values[place] = -math.inf
+            kept, values[place] = float(values[place]), -math.inf
             others = _best_of(values, view, layout.start)
-        return [candidate, *best, *others, *row]
-    if bounds.numel():
-        first = int(torch.argmax(bounds))
-        best = others = [float(bounds[first]), float(layout.start + first)]
-        reaching = bounds >= threshold
-        if bool(reaching.any()):
-            local = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
-            candidate = float(layout.start + local)
-            row = take(np.asarray([local]))[0].double().cpu().tolist()
-            kept, bounds[local] = float(bounds[local]), -math.inf
-            second = int(torch.argmax(bounds))
-            others = [float(bounds[second]), float(layout.start + second)]
-            bounds[local] = kept
+            values[place] = kept
     return [candidate, *best, *others, *row]
 
 
@@ -399,7 +394,7 @@ def _best_of(values: torch.Tensor, view: _WindowView, start: int) -> list[float]
     """[largest bound, its lowest position] over the window's ``values`` and the rows
     outside it, as ``torch.argmax`` over all of the rank's bounds would give."""
     place = int(torch.argmax(values))
-    inside = (float(values[place]), int(view.rows[place]))
+    inside = (float(values[place]), view.position(place))
     outside = view.outside
     if outside[0] > inside[0] or (outside[0] == inside[0] and outside[1] < inside[1]):
         inside = outside
