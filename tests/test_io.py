@@ -1,12 +1,21 @@
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import save_file
 
-from skmm.io import atomic_write, load_array, read_json, sniff_format, write_json
+from skmm.io import (
+    atomic_write,
+    file_lock,
+    hold_lock,
+    load_array,
+    read_json,
+    sniff_format,
+    write_json,
+)
 
 
 def test_npy_is_memory_mapped(tmp_path):
@@ -104,3 +113,32 @@ def test_corrupt_json(tmp_path):
     path.write_text('{"a": ')
     with pytest.raises(ValueError, match="not valid JSON"):
         read_json(path)
+
+
+def test_a_held_lock_refuses_a_nonwaiting_taker_and_makes_a_waiting_one_wait(tmp_path):
+    lock_path = tmp_path / "deep" / "x.lock"
+    held = hold_lock(lock_path)  # the file and its folder are created
+    assert held is not None and lock_path.is_file()
+    with pytest.raises(BlockingIOError):
+        hold_lock(lock_path, wait=False)  # another descriptor: flock refuses it
+    entered = threading.Event()
+
+    def waiter():
+        with file_lock(lock_path):
+            entered.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not entered.wait(0.3)  # it waits while the lock is held
+    os.close(held)
+    assert entered.wait(10)
+    thread.join()
+    os.close(hold_lock(lock_path, wait=False))  # file_lock let go at the end of its block
+
+
+def test_a_directory_is_locked_without_creating_anything_in_it(tmp_path):
+    held = hold_lock(tmp_path, wait=False)
+    with pytest.raises(BlockingIOError):
+        hold_lock(tmp_path, wait=False)
+    os.close(held)
+    assert list(tmp_path.iterdir()) == []

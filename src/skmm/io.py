@@ -46,26 +46,44 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+def hold_lock(path: str | os.PathLike[str], *, wait: bool = True) -> int | None:
+    """An open descriptor holding an exclusive advisory lock (``fcntl.flock``) on ``path``: a
+    directory, or a file created if missing. Closing it, or the process ending, releases it.
 
-    ``fcntl.flock``: the lock is released when the block ends or the process dies, so a
-    crash never leaves it held. POSIX only; elsewhere the block runs unlocked.
+    None where advisory locks are unavailable (Windows, some network file systems): the
+    caller goes on unguarded. With ``wait=False`` a lock held elsewhere raises
+    :class:`BlockingIOError` instead of waiting for it.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks
-        yield
-        return
+        return None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    if path.is_dir():
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(handle)
+        raise
+    except OSError:  # the file system has no flock
+        os.close(handle)
+        return None
+    return handle
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold :func:`hold_lock` on ``path`` for the block, waiting for it if another holds it."""
+    handle = hold_lock(path)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            os.close(handle)
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_write, read_json, write_json
+from .io import atomic_write, hold_lock, read_json, write_json
 from .memory import check_memory
 
 STORE_VERSION = 1
@@ -773,26 +773,16 @@ def _read_npy(
 
 
 def _lock_writer(path: Path) -> int | None:
-    """Take the store directory's writer lock (``flock``, exclusive, not waiting): the open
+    """Take the store directory's writer lock (:func:`hold_lock`, not waiting): the open
     descriptor holding it, or None where advisory locks are unavailable (Windows, some NFS)."""
     try:
-        import fcntl
-    except ImportError:
-        return None
-    handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return hold_lock(path, wait=False)
     except BlockingIOError:
-        os.close(handle)
         raise StoreError(
             f"store {path} is being written by another writer (another process, or a "
             "SketchStore in this one that was neither finished nor closed); wait for it to "
             "finish, then rerun to resume or reuse the store, or choose another --out"
         ) from None
-    except OSError:  # the file system has no flock: write unguarded
-        os.close(handle)
-        return None
-    return handle
 
 
 def _being_written(path: Path) -> bool:
