@@ -263,9 +263,9 @@ def _lazy_greedy(
                 else:
                     stale = torch.zeros(0, dtype=torch.int64, device=device)
                 refreshed = -math.inf
-                for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
-                    bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
                 if stale.numel():
+                    for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
+                        bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
                     fresh_at[stale] = step
                     refreshed = float(bounds[stale].max())
                     if window is not None:
