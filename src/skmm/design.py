@@ -313,14 +313,14 @@ class _BoundWindow:
 
     A refresh round only refreshes, and a step only picks, rows whose bound reaches the
     round's threshold; while the largest bound outside is below it, every such row is in the
-    window, and a round reads WINDOW_ROWS bounds instead of all of them. Rows outside keep
+    window, and a round reads WINDOW_ROWS bounds instead of all of them. The window keeps its
+    rows' bounds beside them, updated with each refresh and pick inside it. Rows outside keep
     their bounds until one is refreshed or picked, which rebuilds the window (O(N)).
     """
 
     def __init__(self, bounds: torch.Tensor) -> None:
         self.rows = torch.zeros(0, dtype=torch.int64, device=bounds.device)
         self.inside = torch.zeros(bounds.numel(), dtype=torch.bool, device=bounds.device)
-        self.outside = (-math.inf, 0)
         self.rebuild(bounds)
 
     def rebuild(self, bounds: torch.Tensor) -> None:
@@ -331,6 +331,7 @@ class _BoundWindow:
         level = float(torch.kthvalue(sample, sample.numel() - keep + 1).values)
         self.inside[self.rows] = False
         self.rows = torch.nonzero(bounds >= level).flatten()
+        self.values = bounds[self.rows]
         self.inside[self.rows] = True
         rest = bounds.masked_fill(self.inside, -math.inf)
         first = int(torch.argmax(rest))
@@ -345,11 +346,14 @@ class _BoundWindow:
             self.rebuild(bounds)
             if threshold <= self.outside[0]:
                 return None
-        return _WindowView(self.rows, bounds[self.rows], self.outside)
+        return _WindowView(self.rows, self.values, self.outside)
 
     def refreshed(self, bounds: torch.Tensor, rows: torch.Tensor) -> None:
-        """Rebuild when any of ``rows`` (whose bounds just changed) lies outside."""
-        if not bool(self.inside[rows].all()):
+        """Take the new bounds of ``rows`` (just refreshed or picked); rebuild when any of
+        them lies outside."""
+        if bool(self.inside[rows].all()):
+            self.values[torch.searchsorted(self.rows, rows)] = bounds[rows]
+        else:
             self.rebuild(bounds)
 
 
