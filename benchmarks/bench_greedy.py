@@ -9,8 +9,9 @@ Two tables (docs/skmm.md "Cost" quotes them):
   quality tr M⁻¹ of each (M = (1/n)Σ_S z zᵀ + 10⁻⁶I, lower is better) beside that of n
   uniform rows (seed 0).
 - **End-to-end selection.** ``skmm.select(X, n, directions=k, random_state=0)`` on
-  X = N rows of 256 standard normal features scaled by 1/j (float32), with SkMM's own stage
-  timings (spectrum, greedy design); one run each (the spectrum is O(N·m²) and dominates).
+  X = the first N rows of bench_scale.py's pool (256 standard normal features scaled by 1/j,
+  float32), with SkMM's own stage timings (spectrum, greedy design); one run each (the
+  spectrum is O(N·m²) and dominates).
 
     python benchmarks/bench_greedy.py --threads 1     # N = 2·10⁵ greedy; N = 10⁶ selection,
                                                       # n up to 10⁴ (DESIGN.md §6's scale)
@@ -24,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from bench_scale import WIDTH, fill_pool
 from common import fmt_seconds, interleaved, median, preamble, set_threads, table
 
 import skmm
@@ -87,19 +89,8 @@ def greedy_table(rows: int, cases: list[tuple[int, int]], repeats: int) -> str:
     return table(header, out)
 
 
-def power_law_pool(rows: int, width: int, seed: int) -> np.ndarray:
-    """N(0, diag(1/j²)) rows, j = 1..width, float32, generated in blocks."""
-    rng = np.random.default_rng(seed)
-    scale = (1.0 / np.arange(1, width + 1)).astype(np.float32)
-    pool = np.empty((rows, width), dtype=np.float32)
-    for start in range(0, rows, 65_536):
-        stop = min(rows, start + 65_536)
-        pool[start:stop] = rng.standard_normal((stop - start, width), dtype=np.float32) * scale
-    return pool
-
-
 def selection_table(rows: int, cases: list[tuple[int, int]]) -> str:
-    pool = power_law_pool(rows, 256, seed=0)
+    pool = fill_pool(np.empty((rows, WIDTH), dtype=np.float32))
     out = []
     for k, n in cases:
         began = time.perf_counter()
@@ -109,7 +100,7 @@ def selection_table(rows: int, cases: list[tuple[int, int]]) -> str:
         out.append(
             [
                 f"{rows:,}",
-                256,
+                WIDTH,
                 k,
                 n,
                 fmt_seconds(total),

@@ -49,6 +49,13 @@ def blocks(n_rows: int):
         yield generated_block(index, min(GENERATED_ROWS, n_rows - start))
 
 
+def fill_pool(array: np.ndarray) -> np.ndarray:
+    """``array`` (N rows of WIDTH) filled with the pool's first N rows, block by block."""
+    for index, block in enumerate(blocks(len(array))):
+        array[index * GENERATED_ROWS : index * GENERATED_ROWS + len(block)] = block
+    return array
+
+
 def write_store(path: Path, n_rows: int) -> None:
     """The pool as a complete sketch store (skipped when one is there already)."""
     from skmm.store import SketchStore, is_store
@@ -66,9 +73,7 @@ def write_npy(path: Path, n_rows: int) -> None:
     if path.exists():
         return
     partial = path.with_suffix(".partial.npy")
-    array = np.lib.format.open_memmap(partial, "w+", np.float32, (n_rows, WIDTH))
-    for index, block in enumerate(blocks(n_rows)):
-        array[index * GENERATED_ROWS : index * GENERATED_ROWS + len(block)] = block
+    array = fill_pool(np.lib.format.open_memmap(partial, "w+", np.float32, (n_rows, WIDTH)))
     array.flush()
     del array
     partial.rename(path)
@@ -91,9 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     rank, size = world()
     baseline = peak_rss_mib()
     if args.source == "memory":
-        pool = np.empty((args.rows[0], WIDTH), dtype=np.float32)
-        for index, block in enumerate(blocks(args.rows[0])):
-            pool[index * GENERATED_ROWS : index * GENERATED_ROWS + len(block)] = block
+        pool = fill_pool(np.empty((args.rows[0], WIDTH), dtype=np.float32))
     elif args.source == "memmap":
         pool = np.load(args.npy, mmap_mode="r")
     else:
