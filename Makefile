@@ -13,7 +13,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 APT_FASHION := apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)
 
-.PHONY: venv bench-data test test-all demo bench bench-quick lint format clean
+.PHONY: venv bench-data test test-all fuzz demo bench bench-quick lint format clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,16 @@ test: venv bench-data
 
 test-all: venv bench-data
 	$(PY) -m pytest -q -m ""
+
+# Property tests with fresh random seeds (FUZZ_ROUNDS rounds over the files that use
+# hypothesis); each round prints its seed, so a failure reruns with --hypothesis-seed=SEED.
+FUZZ_ROUNDS ?= 5
+fuzz: venv
+	@set -e; for round in $$(seq $(FUZZ_ROUNDS)); do \
+	seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	echo "fuzz round $$round of $(FUZZ_ROUNDS): --hypothesis-seed=$$seed"; \
+	SKMM_HYPOTHESIS_PROFILE=default $(PY) -m pytest -q -x -p no:cacheprovider \
+		--hypothesis-seed=$$seed $$(grep -rl --include='test_*.py' '^from hypothesis' tests); done
 
 demo: venv
 	$(VENV)/bin/skmm demo
