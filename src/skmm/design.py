@@ -34,13 +34,18 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .rows import CHUNK_ROWS, Layout, PoolRows, SpilledRows, TiledRows, row_products
+from .rows import Layout, PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum, intrinsic_dimension
 
 CRITERIA = ("logdet", "aopt")
 MIN_CLEAN_GAP = 10.0
 PLAIN_GREEDY_LIMIT = 2 * 10**8
 REFRESH_DROP = 1e-4
+GAIN_ENTRIES = 32_768
+"""The lazy greedy gathers and scores rows in pieces of about this many entries (512 rows at
+k = 64, at least 512): the rows, their images and the products stay in the core's cache
+(1.3–2× the rate of 8192-row pieces on the reference CPU for k = 16 … 128), and a row's gain
+is the same whatever the piece (:func:`~skmm.rows.row_products`)."""
 WINDOW_ROWS = 32_768
 """The lazy greedy keeps about this many of a rank's largest bounds in view (ranks of at least
 four times as many rows), so that a refresh round reads them instead of all of the rank's rows."""
@@ -151,7 +156,8 @@ class WhitenedRows:
     def take(self, local: np.ndarray) -> torch.Tensor:
         """z at the local positions ``local``."""
         if self._kept is not None:
-            return self._kept[torch.as_tensor(local, device=self._kept.device)]
+            positions = torch.as_tensor(local, device=self._kept.device)
+            return torch.index_select(self._kept, 0, positions)  # 5× advanced indexing's rate
         return self._spilled.take(local).to(self.rows.device)
 
     def tensor(self) -> torch.Tensor:
@@ -238,7 +244,10 @@ def _lazy_greedy(
     layout, k = points.layout, points.k
     device = points.rows.device
     inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
-    parts = [gain(block, inverse, n) for block in points.chunks()]
+    piece_rows = max(512, GAIN_ENTRIES // k)
+    parts = [
+        gain(part, inverse, n) for block in points.chunks() for part in block.split(piece_rows)
+    ]
     bounds = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
     fresh_at = torch.zeros(layout.n_local, dtype=torch.int32, device=device)
     order = np.empty(n, dtype=np.int64)
@@ -264,12 +273,15 @@ def _lazy_greedy(
                     stale = torch.zeros(0, dtype=torch.int64, device=device)
                 refreshed = -math.inf
                 if stale.numel():
-                    for piece in stale.split(CHUNK_ROWS):  # memory: O(chunk·k), not O(N·k)
-                        bounds[piece] = gain(points.take(piece.cpu().numpy()), inverse, n)
+                    pieces = stale.split(piece_rows)
+                    gains_now = torch.cat(
+                        [gain(points.take(piece.cpu().numpy()), inverse, n) for piece in pieces]
+                    )
+                    bounds[stale] = gains_now
                     fresh_at[stale] = step
-                    refreshed = float(bounds[stale].max())
+                    refreshed = float(gains_now.max())
                     if window is not None:
-                        window.refreshed(bounds, stale)
+                        window.refreshed(bounds, stale, gains_now)
                 # a rank that refreshed rows knows the round is not the step's last
                 settled = (
                     _if_settled(bounds, threshold, layout, points.take, k, view)
@@ -287,7 +299,8 @@ def _lazy_greedy(
             if layout.start <= row < layout.stop:
                 bounds[row - layout.start] = -math.inf
                 if window is not None:
-                    window.refreshed(bounds, torch.tensor([row - layout.start], device=device))
+                    picked_row = torch.tensor([row - layout.start], device=device)
+                    window.refreshed(bounds, picked_row, bounds[picked_row])
             inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
@@ -348,11 +361,11 @@ class _BoundWindow:
                 return None
         return _WindowView(self.rows, self.values, self.outside)
 
-    def refreshed(self, bounds: torch.Tensor, rows: torch.Tensor) -> None:
-        """Take the new bounds of ``rows`` (just refreshed or picked); rebuild when any of
-        them lies outside."""
+    def refreshed(self, bounds: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Take the new bounds ``values`` of ``rows`` (just refreshed or picked; ``bounds``
+        holds them already); rebuild when any of the rows lies outside."""
         if bool(self.inside[rows].all()):
-            self.values[torch.searchsorted(self.rows, rows)] = bounds[rows]
+            self.values[torch.searchsorted(self.rows, rows)] = values
         else:
             self.rebuild(bounds)
 
