@@ -153,11 +153,13 @@ class WhitenedRows:
             else:
                 yield self._spilled.read(start, stop).to(self.rows.device)
 
-    def take(self, local: np.ndarray) -> torch.Tensor:
-        """z at the local positions ``local``."""
+    def take(self, local: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """z at the local positions ``local`` (int64)."""
         if self._kept is not None:
             positions = torch.as_tensor(local, device=self._kept.device)
             return torch.index_select(self._kept, 0, positions)  # 5× advanced indexing's rate
+        if isinstance(local, torch.Tensor):
+            local = local.cpu().numpy()
         return self._spilled.take(local).to(self.rows.device)
 
     def tensor(self) -> torch.Tensor:
@@ -275,7 +277,7 @@ def _lazy_greedy(
                 if stale.numel():
                     pieces = stale.split(piece_rows)
                     gains_now = torch.cat(
-                        [gain(points.take(piece.cpu().numpy()), inverse, n) for piece in pieces]
+                        [gain(points.take(piece), inverse, n) for piece in pieces]
                     )
                     bounds[stale] = gains_now
                     fresh_at[stale] = step

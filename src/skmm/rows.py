@@ -249,10 +249,9 @@ class Layout:
 
     def all_ranks(self, local: list[float]) -> np.ndarray:
         """(P, len(local)) float64: every rank's ``local`` values, in rank order."""
-        mine = torch.tensor(local, dtype=torch.float64)
         if self.size == 1:
-            return mine[None].numpy()
-        return distributed.all_gather(mine).numpy()
+            return np.array([local], dtype=np.float64)
+        return distributed.all_gather(torch.tensor(local, dtype=torch.float64)).numpy()
 
     def smallest(self, values: torch.Tensor, count: int) -> np.ndarray:
         """Positions of the ``count`` smallest values over every rank's rows, in increasing
