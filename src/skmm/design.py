@@ -275,10 +275,12 @@ def _lazy_greedy(
                     stale = torch.zeros(0, dtype=torch.int64, device=device)
                 refreshed = -math.inf
                 if stale.numel():
-                    pieces = stale.split(piece_rows)
-                    gains_now = torch.cat(
-                        [gain(points.take(piece), inverse, n) for piece in pieces]
-                    )
+                    gains_now = torch.empty(stale.numel(), dtype=torch.float64, device=device)
+                    for start in range(0, stale.numel(), piece_rows):  # O(piece·k) memory
+                        piece = stale[start : start + piece_rows]
+                        gains_now[start : start + piece.numel()] = gain(
+                            points.take(piece), inverse, n
+                        )
                     bounds[stale] = gains_now
                     fresh_at[stale] = step
                     refreshed = float(gains_now.max())
