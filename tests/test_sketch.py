@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import skmm
-from skmm.sketch import TILE_ROWS, SketchMap, block_rows
+from skmm.sketch import SketchMap, block_rows
 
 
 def _matrix(rows, cols, seed=0, dtype=np.float32):
@@ -23,6 +23,57 @@ def test_sketch_is_identical_for_every_batch_size(kind, batch):
     np.testing.assert_array_equal(
         skmm.sketch(x, 48, kind=kind, seed=3, batch_size=batch), reference
     )
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sketch_leaves_its_input_unchanged(kind, dtype):
+    x = _matrix(50, 700, dtype=dtype)
+    before = x.copy()
+    skmm.sketch(x, 16, kind=kind, seed=0)
+    skmm.sketch(torch.from_numpy(x), 16, kind=kind, seed=0)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_normal_table_is_pinned():
+    from skmm.sketch import NORMAL_LEVELS, normal_table, normal_table_digest, normal_table_scale
+
+    table = normal_table()
+    assert normal_table_digest() == (
+        "65adb44855f8b71385141d120e46bcbbe7ab553ca422fa6c389f204db6da226b"
+    )
+    assert table.shape == (NORMAL_LEVELS,) and np.array_equal(table, -table[::-1])
+    assert (np.diff(table) >= 0).all() and np.abs(table).max() < 2**15
+    # the 2^-12-grid quantiles of N(0, 1): variance 1 to within the tails beyond 4.3σ
+    assert 1 / (normal_table_scale() * 2**12) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+@pytest.mark.parametrize("m", [16, 300])
+def test_sketch_is_within_its_rounding_bound(kind, m):
+    # Rows with entries over many binades, cut into the map's chunks: each chunk is rounded to
+    # integers at 2^(e - b), an error of at most 2^(e - b - 1) per entry, so entry j of the
+    # sketch is off by at most Σ_chunks 2^(e_c - b - 1) Σ_k |Γ_kj|, plus float32's own rounding.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 9000)) * np.exp2(rng.integers(-30, 10, (40, 9000)))
+    x = x.astype(np.float32)
+    sketch_map = SketchMap(9000, m, kind, seed=1, dtype=torch.float64)
+    gamma = sketch_map.dense().numpy()
+    exact = x.astype(np.float64) @ gamma
+    got = skmm.sketch(x, m, kind=kind, seed=1).astype(np.float64)
+    bound = np.zeros_like(exact)
+    for block in range(sketch_map.n_blocks):
+        start = block * sketch_map.block_rows
+        stop = min(start + sketch_map.block_rows, 9000)
+        for lo in range(start, stop, sketch_map.chunk_cols):
+            hi = min(lo + sketch_map.chunk_cols, stop)
+            exponent = np.frexp(np.abs(x[:, lo:hi]).max(axis=1))[1]
+            step = np.exp2(exponent - sketch_map.bits - 1.0)
+            bound += step[:, None] * np.abs(gamma[lo:hi]).sum(axis=0)[None, :]
+    bound += np.abs(exact) * 2.0**-24 + 1e-300
+    assert (np.abs(got - exact) <= bound).all()
+    # and far tighter than a float32 GEMM's typical error on such rows
+    assert np.abs(got - exact).max() <= 1e-6 * np.abs(exact).max()
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
@@ -87,7 +138,7 @@ def test_torch_input_gives_tensor_and_matches_numpy():
 
 
 def test_memmap_input_matches_in_memory(tmp_path):
-    x = _matrix(TILE_ROWS * 3 + 5, 700)
+    x = _matrix(389, 700)
     np.save(tmp_path / "x.npy", x)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
     np.testing.assert_array_equal(
@@ -95,10 +146,16 @@ def test_memmap_input_matches_in_memory(tmp_path):
     )
 
 
-def test_row_sketch_does_not_depend_on_other_rows():
-    x = _matrix(300, 500)
-    full = skmm.sketch(x, 16, seed=0)
-    np.testing.assert_array_equal(skmm.sketch(x[:TILE_ROWS], 16, seed=0), full[:TILE_ROWS])
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+@settings(max_examples=10, deadline=None)
+@given(start=st.integers(0, 299), length=st.integers(1, 300))
+def test_row_sketch_does_not_depend_on_other_rows(kind, start, length):
+    x = _matrix(300, 5000)
+    full = skmm.sketch(x, 16, kind=kind, seed=0)
+    stop = min(300, start + length)
+    np.testing.assert_array_equal(
+        skmm.sketch(x[start:stop], 16, kind=kind, seed=0), full[start:stop]
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +181,7 @@ def test_nan_input_is_refused():
 
 
 def _reference_sparse_block(sketch_map, block):
-    """Γ's block from its documented recipe: per row, one ±1/√ζ in each of ζ column stripes."""
+    """Γ's block from its documented recipe, times √ζ: per row, one ±1 in each of ζ stripes."""
     from skmm.seeding import derive_seed
 
     start = block * sketch_map.block_rows
@@ -133,11 +190,11 @@ def _reference_sparse_block(sketch_map, block):
     gen = torch.Generator().manual_seed(derive_seed(sketch_map.seed, "sparse_sign", m, block))
     uniforms = torch.rand(rows, zeta, generator=gen).double()
     signs = torch.randint(0, 2, (rows, zeta), generator=gen)
-    dense = torch.zeros(rows, m)
+    dense = torch.zeros(rows, m, dtype=torch.float64)
     for s in range(zeta):
         lo, hi = (s * m) // zeta, ((s + 1) * m) // zeta
         columns = lo + torch.clamp((uniforms[:, s].float() * (hi - lo)).long(), max=hi - lo - 1)
-        dense[torch.arange(rows), columns] = (2.0 * signs[:, s] - 1).float() / math.sqrt(zeta)
+        dense[torch.arange(rows), columns] = (2.0 * signs[:, s] - 1).double()
     return dense
 
 
@@ -148,6 +205,10 @@ def test_sparse_sign_map_follows_its_recipe(n_cols, m):
         csr = sketch_map.sparse_block(block)
         expected = _reference_sparse_block(sketch_map, block)
         assert torch.equal(csr.to_dense().T, expected)
+        assert torch.equal(
+            sketch_map.dense()[block * sketch_map.block_rows :][: expected.shape[0]],
+            (expected / math.sqrt(sketch_map.nnz_per_row)).float(),
+        )
         # CSR rows list their input rows in increasing order (the product sums in that order)
         crow, cols = csr.crow_indices(), csr.col_indices()
         for row in range(m):

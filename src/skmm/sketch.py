@@ -1,19 +1,34 @@
 """Johnson–Lindenstrauss sketches G̃ = GΓ, with Γ ∈ R^{r×m} regenerated block by block.
 
 Γ is split into row blocks of ``block_rows(m)`` rows; block b is drawn on the CPU from the
-seed ``(seed, kind, m, b)``, so the same seed gives the same Γ on every device, and Γ never
-has to exist whole. Rows of G are multiplied in fixed tiles of ``TILE_ROWS`` rows aligned to
-their global row index, and block products are summed in float64 in block order, so the
-sketch of a row is bit-for-bit the same for every batch size (on a given device).
+seed ``(seed, kind, m, b)`` with integer draws only, so the same seed gives the same Γ on
+every device and processor, and Γ never has to exist whole.
 
-- Gaussian: Γ_ij ~ N(0, 1/m), so E[ΓΓᵀ] = I and E‖xΓ‖² = ‖x‖².
+- Gaussian: Γ = Q/(σ_T √m) with Q_ij = T[u_ij], u_ij uniform on {0, …, 2^16 − 1} and T the
+  table of N(0, 1) quantiles at (u + ½)/2^16 rounded to multiples of 2^-12 (a 65,536-level
+  discrete normal, symmetric, truncated at ±4.3σ; σ_T² its exact variance), so E[ΓΓᵀ] = I.
 - Sparse sign: each row of Γ has ζ = min(8, m) nonzeros ±1/√ζ, one in each of ζ column
   stripes (the block construction of Kane & Nelson's sparse JL), so every row has unit norm.
+
+**Exact arithmetic, whatever the BLAS.** Every entry of Q is an integer with |Q| < 2^15
+(Gaussian) or 1 (sparse sign). A row x of G is cut into chunks of at most ``CHUNK_COLS``
+columns; each chunk is scaled by a power of two 2^(b−e) (2^e above the chunk's largest |x|)
+and rounded to integers, so |x_int| ≤ 2^b with b chosen so that every partial sum of
+x_int · Q stays below 2^53. The float64 product of a chunk is then an exact integer for any
+summation order, kernel, thread count or device; the chunks are added in column order and
+scaled back by powers of two. The sketch of a row therefore depends on nothing but the row,
+the seed and the map: not on the batch, the other rows, the BLAS (MKL's AVX2, AVX-512 or
+compatible paths, OpenBLAS, cuBLAS), the SIMD level torch dispatches, or the device.
+Rounding to b bits below the chunk's top bit keeps float32 input exact wherever an entry is
+within 2^(b−24) of the chunk's largest; float64 input is split into two such slices.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import statistics
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,15 +49,69 @@ from .progress import progress_bar
 from .seeding import SEED_MAX, derive_seed
 
 SKETCH_KINDS = ("gaussian", "sparse_sign")
-TILE_ROWS = 128
 SPARSE_NNZ = 8
 SPARSE_GROUP_ROWS = 16
 DEFAULT_CACHE_BYTES = 2**31
+CHUNK_COLS = 4096
+"""Columns of G that share one power-of-two scale in the exact product (at most 2^12)."""
+ROW_TILE = 1024
+"""Rows converted to integers at a time (bounds the float64 working copy)."""
+NORMAL_LEVELS = 2**16
+NORMAL_FRACTION_BITS = 12
+GAUSSIAN_VALUE_BITS = 15
+"""|Q| < 2^15 for the Gaussian table (its largest entry is about 4.3 · 2^12)."""
+EXACT_BITS = 53
 
 
 def block_rows(sketch_dim: int) -> int:
-    """Rows of Γ per regenerated block: about 2M entries (8 MB in float32), at least 512."""
+    """Rows of Γ per regenerated block: about 2M entries, at least 512."""
     return max(512, 2**21 // sketch_dim)
+
+
+@functools.cache
+def normal_table() -> np.ndarray:
+    """T[u] = round(2^12 · Φ⁻¹((u + ½)/2^16)) for u < 2^16, int32, exactly antisymmetric.
+
+    Built once with the standard library's scalar inverse normal CDF (Wichura's AS241,
+    accurate to about 1e-16 before rounding), so no vectorized libm is involved; its sha256
+    is checked by the tests.
+    """
+    inverse = statistics.NormalDist().inv_cdf
+    half = NORMAL_LEVELS // 2
+    upper = [
+        round(inverse((half + u + 0.5) / NORMAL_LEVELS) * 2**NORMAL_FRACTION_BITS)
+        for u in range(half)
+    ]
+    table = np.array([-v for v in reversed(upper)] + upper, dtype=np.int32)
+    table.flags.writeable = False
+    return table
+
+
+@functools.cache
+def normal_table_scale() -> float:
+    """1/σ_T for the table in integer units: σ_T² = Σ_u T[u]²/2^16, summed exactly."""
+    total = sum(int(v) * int(v) for v in normal_table())
+    return 1.0 / math.sqrt(total / NORMAL_LEVELS)
+
+
+def normal_table_digest() -> str:
+    """sha256 of the table's little-endian int32 bytes (what the tests pin)."""
+    return hashlib.sha256(normal_table().astype("<i4").tobytes()).hexdigest()
+
+
+def discrete_normal(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    """Integer draws T[u] of the discrete normal (units of 2^-12, int32), u from ``generator``.
+
+    Only integer random bits and a table lookup: the same draws on every processor, whatever
+    SIMD level torch dispatches (``torch.randn``'s vectorized transform is not).
+    """
+    levels = torch.randint(0, NORMAL_LEVELS, shape, generator=generator, dtype=torch.int64)
+    return _normal_tensor()[levels]
+
+
+@functools.cache
+def _normal_tensor() -> torch.Tensor:
+    return torch.from_numpy(normal_table().copy())
 
 
 def _check_seed(seed: object) -> int:
@@ -52,11 +121,43 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
+def _powers_of_two(exponents: torch.Tensor) -> torch.Tensor:
+    """2^e in float64, built from its bits (exact; e must lie in [-1022, 1023])."""
+    return ((exponents.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def _integer_rows(
+    rows: torch.Tensor, bits: int, slices: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Rows as integer-valued float64 slices and a power-of-two scale per row.
+
+    x ≈ scale · Σ_s slice_s · 2^(−s·bits) with |slice_s| ≤ 2^bits: each row is multiplied by
+    2^(bits − e), 2^e the power of two above its largest |x|, and rounded (the remainder,
+    scaled by 2^bits, gives the next slice). Every step is exact or a deterministic rounding.
+    float32 rows are scaled and rounded in float32 (exact: the scale is a power of two, and
+    a float32 of magnitude 2^24 or more is an integer already) unless a row is so small that
+    2^(bits − e) is not a normal float32.
+    """
+    exponent = torch.frexp(rows.abs().amax(dim=1, keepdim=True)).exponent
+    if rows.dtype == torch.float32 and slices == 1 and int(exponent.min()) >= bits - 127:
+        up = _powers_of_two(bits - exponent).to(torch.float32)  # a normal float32
+        scaled = torch.mul(rows, up).round_()
+        return [scaled.to(torch.float64)], _powers_of_two(exponent - bits)
+    exponent = exponent.clamp_(min=bits - 1022)
+    scaled = torch.mul(rows.to(torch.float64), _powers_of_two(bits - exponent))  # a new tensor
+    parts = [torch.round(scaled)]
+    for _ in range(1, slices):
+        scaled = (scaled - parts[-1]).mul_(2.0**bits)
+        parts.append(torch.round(scaled))
+    return parts, _powers_of_two(exponent - bits)
+
+
 class SketchMap:
     """The map Γ ∈ R^{r×m} of one (kind, seed, m), generated block by block on demand.
 
     Blocks are cached on ``device`` up to ``cache_bytes`` (all of Γ when it fits), and
-    regenerated from their seed otherwise, so memory stays O(block·m) at worst.
+    regenerated from their seed otherwise, so memory stays O(block·m) at worst. ``dtype`` is
+    the dtype of the rows it is applied to (float64 rows are split into two exact slices).
     """
 
     def __init__(
@@ -79,25 +180,35 @@ class SketchMap:
         self.block_rows = block_rows(self.sketch_dim)
         self.n_blocks = math.ceil(self.n_cols / self.block_rows)
         self.nnz_per_row = min(SPARSE_NNZ, self.sketch_dim)
+        self.slices = 2 if dtype == torch.float64 else 1
+        if self.kind == "gaussian":
+            self.scale = normal_table_scale() / math.sqrt(self.sketch_dim)
+            self.chunk_cols = min(CHUNK_COLS, self.block_rows)
+            value_bits = GAUSSIAN_VALUE_BITS
+        else:
+            self.scale = 1.0 / math.sqrt(self.nnz_per_row)
+            self.chunk_cols = self.block_rows
+            value_bits = 0
+        # |x_int| ≤ 2^bits and |Q| < 2^value_bits over ≤ chunk_cols terms: sums stay ≤ 2^53.
+        self.bits = EXACT_BITS - value_bits - math.ceil(math.log2(self.chunk_cols))
         self._cache: dict[object, object] = {}
         self._cache_left = cache_bytes
         self._lock = threading.Lock()
 
-    def _generate(self, block: int) -> torch.Tensor:
-        """Block ``block`` of Γ as a dense (rows, m) float32 tensor on the CPU."""
+    def _integers(self, block: int) -> torch.Tensor:
+        """Block ``block`` of Q = Γ/scale, a dense (rows, m) integer-valued float64 CPU tensor."""
         if self.kind == "gaussian":
             start = block * self.block_rows
             rows = min(self.block_rows, self.n_cols - start)
             m = self.sketch_dim
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.kind, m, block))
-            values = torch.randn(rows, m, generator=gen, dtype=torch.float32)
-            return values.mul_(1.0 / math.sqrt(m))
-        columns, values = self._sparse_entries(block)
-        dense = torch.zeros(columns.shape[0], self.sketch_dim, dtype=torch.float32)
-        return dense.scatter_(1, columns.long(), values)
+            return discrete_normal(gen, (rows, m)).to(torch.float64)
+        columns, signs = self._sparse_entries(block)
+        dense = torch.zeros(columns.shape[0], self.sketch_dim, dtype=torch.float64)
+        return dense.scatter_(1, columns.long(), signs)
 
     def _sparse_entries(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse-sign block ``block``: the ζ nonzero columns of each row (int32) and their values.
+        """Sparse-sign block ``block``: the ζ nonzero columns of each row (int32) and their signs.
 
         Row j has one nonzero in each stripe [⌊s·m/ζ⌋, ⌊(s+1)·m/ζ⌋): the column offset is
         ⌊u·width⌋ for u ~ U[0, 1), the sign is a fair coin, both drawn from the block's seed.
@@ -112,20 +223,20 @@ class SketchMap:
         offsets = (torch.rand(rows, zeta, generator=gen) * widths.to(torch.float32)).to(torch.int32)
         columns = torch.minimum(offsets, widths - 1).add_(bounds[:-1])
         signs = torch.randint(0, 2, (rows, zeta), generator=gen, dtype=torch.int8).bool()
-        magnitude = torch.tensor(1.0, dtype=torch.float32) / math.sqrt(zeta)
-        return columns, torch.where(signs, magnitude, -magnitude)
+        one = torch.tensor(1.0, dtype=torch.float64)
+        return columns, torch.where(signs, one, -one)
 
     def sparse_block(self, block: int) -> torch.Tensor:
-        """Sparse-sign block ``block`` transposed, (m, rows) in CSR, cached like dense blocks.
+        """Sparse-sign block ``block`` of Q transposed, (m, rows) in CSR with ±1 float64 values.
 
         Built directly by a stable counting sort of the nonzeros by output column (numpy's
         radix sort on 16-bit keys), so each CSR row lists its input rows in increasing order
-        and no coalescing pass is needed.
+        and no coalescing pass is needed. Cached like dense blocks.
         """
         key = ("sparse", block)
         if key in self._cache:
             return self._cache[key]
-        columns, values = self._sparse_entries(block)
+        columns, signs = self._sparse_entries(block)
         n_rows, zeta = columns.shape
         flat = columns.reshape(-1)
         if self.sketch_dim <= np.iinfo(np.int16).max:
@@ -141,11 +252,11 @@ class SketchMap:
             entry = torch.sparse_csr_tensor(
                 crow,
                 sources,
-                values.reshape(-1)[order].to(self.dtype),
+                signs.reshape(-1)[order],
                 (self.sketch_dim, n_rows),
                 check_invariants=False,
             ).to(self.device)
-        size = flat.numel() * (4 + entry.values().element_size()) + 4 * (self.sketch_dim + 1)
+        size = flat.numel() * (4 + 8) + 4 * (self.sketch_dim + 1)
         self._keep(key, entry, size)
         return entry
 
@@ -172,62 +283,56 @@ class SketchMap:
                 yield from pool.map(get, window)
 
     def block(self, block: int) -> torch.Tensor:
-        """Rows ``[block * block_rows, ...)`` of Γ on the device, in the compute dtype."""
+        """Rows ``[block * block_rows, ...)`` of Q = Γ/scale on the device (integer float64)."""
         if block in self._cache:
             return self._cache[block]
-        values = self._generate(block).to(device=self.device, dtype=self.dtype)
+        values = self._integers(block).to(device=self.device)
         self._keep(block, values, values.numel() * values.element_size())
         return values
 
     def dense(self) -> torch.Tensor:
-        """All of Γ as one (r, m) tensor; only for small r (tests, inspection)."""
-        return torch.cat([self.block(b) for b in range(self.n_blocks)])
+        """All of Γ as one (r, m) tensor in ``dtype``; only for small r (tests, inspection)."""
+        blocks = [self.block(b) for b in range(self.n_blocks)]
+        return (torch.cat(blocks) * self.scale).to(self.dtype)
 
     def apply(self, rows: torch.Tensor) -> torch.Tensor:
-        """``rows @ Γ`` summed in float64, for rows whose first row sits on a tile boundary.
+        """``rows @ Γ`` in float64, each row exactly as it would be alone (module docstring).
 
         A sparse sign map on the CPU is applied through its ζ nonzeros per row of Γ
-        (O(ζ·r) per row instead of O(m·r)), each row on its own, in a fixed order.
+        (O(ζ·r) per row instead of O(m·r)).
         """
         n_rows, n_cols = rows.shape
         if n_cols != self.n_cols:
             raise ValueError(f"rows have {n_cols} columns but the map expects {self.n_cols}")
-        if self.kind == "sparse_sign" and rows.device.type == "cpu":
-            return self._apply_sparse(rows)
-        # Whole 128-row tiles go through one GEMM as a strided view (no copy); a partial last
-        # tile is zero-padded to 128 rows. MKL's result for a row is then the same for every
-        # number of tiles, which a GEMM over an arbitrary number of rows does not guarantee.
-        full = n_rows - n_rows % TILE_ROWS
-        padded = math.ceil(n_rows / TILE_ROWS) * TILE_ROWS
-        pieces = [(0, rows[:full])] if full else []
-        if padded != full:
-            tail = torch.cat([rows[full:], rows.new_zeros(padded - n_rows, n_cols)])
-            pieces.append((full, tail))
-        out = torch.zeros(padded, self.sketch_dim, dtype=torch.float64, device=rows.device)
-        for b, block in enumerate(self._in_order(self.block, sparse=False)):
+        sparse = self.kind == "sparse_sign" and rows.device.type == "cpu"
+        out = torch.zeros(n_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
+        get = self.sparse_block if sparse else self.block
+        for b, block in enumerate(self._in_order(get, sparse=sparse)):
             start = b * self.block_rows
-            for first, piece in pieces:
-                part = piece[:, start : start + self.block_rows].to(self.dtype)
-                out[first : first + piece.shape[0]] += torch.matmul(part, block)
-        return out[:n_rows]
+            width = min(self.block_rows, self.n_cols - start)
+            for first in range(0, n_rows, ROW_TILE):
+                tile = rows[first : first + ROW_TILE]
+                target = out[first : first + ROW_TILE]
+                for chunk in range(0, width, self.chunk_cols):
+                    columns = slice(start + chunk, start + min(chunk + self.chunk_cols, width))
+                    parts, scale = _integer_rows(tile[:, columns], self.bits, self.slices)
+                    for level, part in enumerate(parts):
+                        if sparse:
+                            product = _sparse_product(block, part)
+                        else:
+                            product = part @ block[chunk : chunk + part.shape[1]]
+                        target.addcmul_(product, scale * 2.0 ** (-level * self.bits))
+        return out.mul_(self.scale)
 
-    def _apply_sparse(self, rows: torch.Tensor) -> torch.Tensor:
-        """Σ_b (Γ_bᵀ x_bᵀ)ᵀ with Γ_bᵀ in CSR: each output entry sums its nonzeros in order.
 
-        Rows go through in groups of ``SPARSE_GROUP_ROWS``, so that a group's transposed slice
-        of a block stays in cache while the CSR product gathers from it (4-7x faster than one
-        product over all rows at m = 128); a row's result does not depend on its group.
-        """
-        n_rows = rows.shape[0]
-        group = SPARSE_GROUP_ROWS
-        out = torch.zeros(n_rows, self.sketch_dim, dtype=torch.float64)
-        for b, block in enumerate(self._in_order(self.sparse_block, sparse=True)):
-            start = b * self.block_rows
-            part = rows[:, start : start + self.block_rows]
-            for first in range(0, n_rows, group):
-                piece = part[first : first + group].to(self.dtype).T.contiguous()
-                out[first : first + group] += torch.sparse.mm(block, piece).T
-        return out
+def _sparse_product(block: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """``part @ Qᵀ_b.T`` for the (m, rows) CSR block, in groups of ``SPARSE_GROUP_ROWS`` rows
+    so a group's transposed slice stays in cache while the CSR product gathers from it."""
+    out = torch.empty(part.shape[0], block.shape[0], dtype=torch.float64, device=part.device)
+    for first in range(0, part.shape[0], SPARSE_GROUP_ROWS):
+        piece = part[first : first + SPARSE_GROUP_ROWS].T.contiguous()
+        out[first : first + SPARSE_GROUP_ROWS] = torch.sparse.mm(block, piece).T
+    return out
 
 
 def sketch(
@@ -242,10 +347,10 @@ def sketch(
 ) -> np.ndarray | torch.Tensor:
     """Sketch an (N, r) matrix to (N, sketch_dim): G̃ = GΓ with a block-seeded JL map Γ.
 
-    The result is identical for every ``batch_size`` (rounded up to a multiple of 128 rows);
-    memory is O(batch_size·r + block·m). Numpy input (including memmaps) gives a numpy array,
-    a torch tensor gives a tensor on the compute device; float64 input gives float64, any
-    other dtype float32.
+    Each row's sketch is the same bits for every ``batch_size``, processor, BLAS and device
+    (exact integer products, see the module docstring); memory is O(batch_size·r + block·m).
+    Numpy input (including memmaps) gives a numpy array, a torch tensor gives a tensor on
+    the compute device; float64 input gives float64, any other dtype float32.
     """
     features = as_feature_matrix(matrix, name="matrix", device=device)
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
@@ -289,23 +394,19 @@ def sketch_features(
 ) -> torch.Tensor:
     """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`.
 
-    ``rows``: sketch only rows [start, stop) (start on a 128-row tile boundary), e.g. one
-    rank's share of the pool; their sketch equals those rows of the whole pool's.
+    ``rows``: sketch only rows [start, stop), e.g. one rank's share of the pool; their sketch
+    equals those rows of the whole pool's.
     """
     if batch_size is None:
         batch_size = default_batch_rows(features, sketch_dim)
     batch_size = check_positive_int(batch_size, "batch_size")
-    batch_size = math.ceil(batch_size / TILE_ROWS) * TILE_ROWS
     first, last = rows if rows is not None else (0, features.n_rows)
-    if first % TILE_ROWS:
-        raise ValueError(f"rows must start on a multiple of {TILE_ROWS}, got {first}")
     itemsize = torch.empty((), dtype=features.compute_dtype).element_size()
     check_memory(
         (last - first) * sketch_dim * itemsize,
         f"the ({last - first}, {sketch_dim}) sketch",
         "use a smaller sketch_dim, or sketch row ranges separately and write each to disk "
-        "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch when a "
-        "is a multiple of 128)",
+        "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch)",
         features.device,
     )
     sketch_map = SketchMap(

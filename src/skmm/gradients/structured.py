@@ -4,10 +4,12 @@ A matrix parameter W (a Linear weight, or a conv weight read as p × q with q = 
 gets the map S_W(G) = vec(A_Wᵀ G B_W), i.e. (A_W ⊗ B_W)ᵀ vec(G), with A_W ∈ R^{p×a} and
 B_W ∈ R^{q×b} of independent N(0, 1/a) and N(0, 1/b) entries and a·b = m (a the largest
 divisor of m not above √m). Every other parameter gets a dense Gaussian map with N(0, 1/m)
-entries. A gradient's sketch is the sum of its parameters' sketches. Each map has
-E[S Sᵀ] = I and the maps are independent, so E⟨S(g), S(h)⟩ = ⟨g, h⟩, as for the Gaussian and
-sparse sign maps; Kronecker maps concentrate less well (a larger variance at equal m), the
-price of never forming the gradient. For a layer whose per-sample gradient is Σ_t g_t x_tᵀ,
+entries. "Gaussian" entries are the discrete normal of :func:`skmm.sketch.discrete_normal`
+(integer draws and a table, so the maps are the same on every processor). A gradient's sketch
+is the sum of its parameters' sketches. Each map has E[S Sᵀ] = I and the maps are
+independent, so E⟨S(g), S(h)⟩ = ⟨g, h⟩, as for the Gaussian and sparse sign maps; Kronecker
+maps concentrate less well (a larger variance at equal m), the price of never forming the
+gradient. For a layer whose per-sample gradient is Σ_t g_t x_tᵀ,
 
     S_W = Σ_t (A_Wᵀ g_t)(B_Wᵀ x_t)ᵀ,
 
@@ -24,6 +26,7 @@ import math
 import torch
 
 from ..seeding import derive_seed
+from ..sketch import discrete_normal, normal_table_scale
 from .hooks import Factors
 
 
@@ -53,8 +56,9 @@ class KroneckerSketch:
                 gen = torch.Generator().manual_seed(
                     derive_seed(seed, "kronecker", sketch_dim, index, part)
                 )
-                values = torch.randn(rows, cols, generator=gen, dtype=torch.float32)
-                return values.mul_(1.0 / math.sqrt(cols)).to(device=device, dtype=dtype)
+                values = discrete_normal(gen, (rows, cols)).to(torch.float32)
+                scale = normal_table_scale() / math.sqrt(cols)
+                return values.mul_(scale).to(device=device, dtype=dtype)
 
             if len(shape) >= 2:
                 rows, cols = shape[0], math.prod(shape[1:])

@@ -45,7 +45,7 @@ from ..inputs import (
 )
 from ..progress import progress_bar
 from ..seeding import derive_seed, numpy_rng
-from ..sketch import TILE_ROWS, SketchMap
+from ..sketch import SketchMap
 from .base import MethodOutput, register
 from .probe import LinearProbe, ProbeSelector, head_gradients
 
@@ -452,7 +452,6 @@ def sketch_head_gradients(
         torch.ones_like(probe.scale),
     )
     step = block_rows(n_rows, (n_cols + grad_dim) * 8)
-    step = math.ceil(step / TILE_ROWS) * TILE_ROWS
     # column-major, the layout DenseGradients keeps
     out = torch.empty(grad_dim, n_rows, dtype=standardized.dtype, device=standardized.device).T
     for start in range(0, n_rows, step):

@@ -30,7 +30,7 @@ from ..inputs import (
 )
 from ..rounding import successive_sampling
 from ..seeding import derive_seed, numpy_rng
-from ..sketch import SKETCH_KINDS, sketch_features
+from ..sketch import SKETCH_KINDS, discrete_normal, sketch_features
 from ..spectrum import UNSKETCHED_MAX_COLUMNS
 from .base import MethodOutput, Selector, register
 
@@ -183,7 +183,7 @@ def _randomized_range(
     n_rows, width = rows.shape
     size = max(1, min(size, n_rows, width))
     generator = torch.Generator().manual_seed(derive_seed(seed, "range-finder"))
-    test = torch.randn(width, size, generator=generator, dtype=torch.float64)
+    test = discrete_normal(generator, (width, size)).to(torch.float64)
     basis = torch.linalg.qr(_times(rows, test.to(rows.device))).Q
     for _ in range(POWER_ITERATIONS):
         back = torch.linalg.qr(_transpose_times(rows, basis)).Q
