@@ -47,6 +47,29 @@ class Batch:
         return Batch(inputs, labels, stop - start)
 
 
+def join_batches(parts: list[Batch]) -> Batch:
+    """The rows of ``parts`` in order, as one batch (the parts must agree on their keys)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first.inputs, dict):
+        keys = first.inputs.keys()
+        if any(not isinstance(p.inputs, dict) or p.inputs.keys() != keys for p in parts):
+            raise ValueError("consecutive batches hold different input keys")
+        inputs: torch.Tensor | dict[str, torch.Tensor] = {
+            key: torch.cat([p.inputs[key] for p in parts]) for key in keys
+        }
+    else:
+        if any(isinstance(p.inputs, dict) for p in parts):
+            raise ValueError("consecutive batches mix tensor and keyword inputs")
+        inputs = torch.cat([p.inputs for p in parts])
+    with_labels = [p.labels is not None for p in parts]
+    if any(with_labels) and not all(with_labels):
+        raise ValueError("some batches have labels and others do not")
+    labels = torch.cat([p.labels for p in parts]) if all(with_labels) else None
+    return Batch(inputs, labels, sum(p.size for p in parts))
+
+
 def dataset_length(data: object) -> int | None:
     """Rows in ``data`` when it can tell (a sized dataset or a DataLoader over one)."""
     dataset = data.dataset if isinstance(data, DataLoader) else data

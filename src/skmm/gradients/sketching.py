@@ -33,9 +33,9 @@ from .. import distributed
 from ..inputs import check_choice, check_positive_int, resolve_device
 from ..memory import check_memory
 from ..progress import progress_bar
-from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
+from ..sketch import SKETCH_KINDS, SketchMap, _check_seed
 from ..store import SketchStore, StoreArray, write_shard
-from .batches import Batch, dataset_length, iterate_batches
+from .batches import Batch, dataset_length, iterate_batches, join_batches
 from .params import resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
 from .structured import KroneckerSketch
@@ -224,32 +224,54 @@ class _Plan:
 def _my_shards(
     computer: GradientComputer, sketch_map: SketchMap | KroneckerSketch, plan: _Plan
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """(shard index, sketched rows, integer labels or None) for each of this rank's shards."""
+    """(shard index, sketched rows, integer labels or None) for each of this rank's shards,
+    each yielded as soon as its last row is sketched."""
     rows = plan.shard_rows
-    current: int | None = None
     features: list[np.ndarray] = []
     labels: list[np.ndarray | None] = []
-    for row, batch in plan.my_batches():
+    for row, part in _micro_batches(plan.my_batches(), plan.batch_size):
+        if isinstance(sketch_map, KroneckerSketch):
+            sketched = computer.sketched(part, row, sketch_map).float()
+        else:
+            sketched = sketch_map.apply(computer(part, row)).float()
+        features.append(sketched.cpu().numpy())
+        labels.append(_integer_labels(part.labels))
+        if (row + part.size) % rows == 0:
+            yield row // rows, np.concatenate(features), _joined(labels)
+            features, labels = [], []
+    if features:
+        yield row // rows, np.concatenate(features), _joined(labels)
+
+
+def _micro_batches(pieces: Iterator[tuple[int, Batch]], size: int) -> Iterator[tuple[int, Batch]]:
+    """(first row, batch) for the rows [k·size, (k+1)·size) of ``pieces``, regrouped.
+
+    Pieces (global row of their first row, batch) come in row order, however the data was
+    batched; rows are cut and joined so that every micro-batch is a whole aligned group of
+    ``size`` rows (the last one of the data may be shorter). The model then sees the same
+    groups on every run, interrupted or not, which is what makes its per-sample gradients
+    bit-identical: a batched kernel may round a row differently with another batch around it.
+    """
+    pending: list[Batch] = []
+    first = end = 0
+    for row, batch in pieces:
         offset = 0
         while offset < batch.size:
-            # Micro-batches end at global multiples of batch_size (shards hold a multiple
-            # of it), so every run groups rows exactly as an uninterrupted single one.
-            stop = min(batch.size, offset + plan.batch_size - row % plan.batch_size)
-            if current is not None and row // rows != current:
-                yield current, np.concatenate(features), _joined(labels)
-                features, labels = [], []
-            current = row // rows
-            part = batch.rows(offset, stop)
-            if isinstance(sketch_map, KroneckerSketch):
-                sketched = computer.sketched(part, row, sketch_map).float()
-            else:
-                sketched = _sketch_rows(sketch_map, computer(part, row), row)
-            features.append(sketched.cpu().numpy())
-            labels.append(_integer_labels(part.labels))
-            row += part.size
+            at = row + offset
+            if pending and at != end:  # a gap (the next shard of this rank): flush
+                yield first, join_batches(pending)
+                pending = []
+            if not pending:
+                first = end = at
+            stop = min(batch.size, offset + (at // size + 1) * size - at)
+            pending.append(batch if (offset, stop) == (0, batch.size) else batch.rows(offset, stop))
+            end += stop - offset
             offset = stop
-    if current is not None:
-        yield current, np.concatenate(features), _joined(labels)
+            if end % size == 0:
+                yield first, join_batches(pending)
+                pending = []
+    if pending:
+        yield first, join_batches(pending)
 
 
 def _joined(labels: list[np.ndarray | None]) -> np.ndarray | None:
@@ -325,19 +347,6 @@ def _lazy_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
     """A complete store as a :class:`GradientSketch` whose features are read on demand."""
     opened = SketchStore.open(Path(path), verify=False)
     return GradientSketch(opened.array(), opened.labels(), dict(opened.metadata))
-
-
-def _sketch_rows(sketch_map: SketchMap, rows: torch.Tensor, start: int) -> torch.Tensor:
-    """``rows @ Γ`` exactly as :func:`skmm.sketch` computes rows [start, start + B).
-
-    The dense product is taken in tiles aligned to global row indices (pad the front with
-    ``start mod TILE_ROWS`` zero rows), so each row's sketch is the same for every batching.
-    """
-    lead = start % TILE_ROWS
-    if lead == 0 or (sketch_map.kind == "sparse_sign" and rows.device.type == "cpu"):
-        return sketch_map.apply(rows).float()
-    padded = torch.cat([rows.new_zeros(lead, rows.shape[1]), rows])
-    return sketch_map.apply(padded)[lead:].float()
 
 
 def _integer_labels(labels: torch.Tensor | None) -> np.ndarray | None:
