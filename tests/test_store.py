@@ -449,7 +449,7 @@ def test_wrong_shape_with_matching_checksum_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda m: m.update(version=2), "store version 2; this skmm reads version 1"),
+        (lambda m: m.update(version=3), "store version 3; this skmm reads versions 1 and 2"),
         (lambda m: m.pop("shards"), "lacks the field 'shards'"),
         (lambda m: m.update(format="other"), "not a skmm sketch store manifest"),
         (lambda m: m.update(n_rows=11), "n_rows is 11 but its shards hold 10 rows"),
@@ -463,6 +463,15 @@ def test_malformed_manifest_is_refused(tmp_path, change, match):
     edit_manifest(tmp_path / "s", change)
     with pytest.raises(StoreError, match=match):
         SketchStore.open(tmp_path / "s")
+
+
+def test_a_version_1_store_is_read_but_not_resumed(tmp_path):
+    write_store(tmp_path / "s", 10)
+    edit_manifest(tmp_path / "s", lambda m: m.update(version=1))
+    features, _ = make_rows(0, 10)
+    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").features(), features)
+    with pytest.raises(StoreError, match="store version 1, written by an earlier skmm"):
+        SketchStore.open_for_writing(tmp_path / "s", IDENTITY, shard_rows=4)
 
 
 @pytest.mark.parametrize("content", ["{not json", "", "[1, 2]"])

@@ -29,7 +29,10 @@ import numpy as np
 from .io import atomic_write, hold_lock, read_json, write_json
 from .memory import check_memory
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+"""Version 2: shards hold the exact-arithmetic sketch (:mod:`skmm.sketch`, discrete-normal
+Gaussian map). Version 1 stores (float32 products, ``torch.randn`` map) are read, not resumed."""
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 FORMAT = "skmm-sketch-store"
 
@@ -150,6 +153,13 @@ class SketchStore:
             return store
 
         manifest = _load_manifest(path)
+        if manifest["version"] != STORE_VERSION:
+            raise StoreError(
+                f"store {path} has store version {manifest['version']}, written by an earlier "
+                f"skmm whose sketch map this one (version {STORE_VERSION}) does not reproduce: "
+                "it can still be read (skmm select), but not resumed or rewritten; write the "
+                "sketch to another --out"
+            )
         differences = _differences(manifest["identity"], identity)
         if manifest["shard_rows"] != shard_rows:
             differences.append(
@@ -648,10 +658,9 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     for key in _MANIFEST_KEYS:
         if key not in manifest:
             raise bad(f"lacks the field {key!r}")
-    if manifest["version"] != STORE_VERSION or not _is_int(manifest["version"]):
-        raise bad(
-            f"has store version {manifest['version']!r}; this skmm reads version {STORE_VERSION}"
-        )
+    if not _is_int(manifest["version"]) or manifest["version"] not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise bad(f"has store version {manifest['version']!r}; this skmm reads versions {readable}")
     state = manifest["state"]
     if state not in ("writing", "complete"):
         raise bad(f"has an unknown state {state!r}")
