@@ -95,14 +95,23 @@ def test_identical_results_for_numpy_torch_and_batch_sizes():
     np.testing.assert_array_equal(base.indices, batched.indices)
 
 
-def test_seed_objective_covers_every_cluster_when_c_demands_it():
-    # With c < 1 the coreset's moments must exceed the pool's along every direction; on a
-    # well-separated mixture with few directions the solution spreads over all clusters.
-    pool = make_mixture(600, 300, n_clusters=4, noise=1e-3, seed=2)
-    selection = skmm.select(
-        pool.features, 40, sketch_dim=16, objective="seed", c=0.9, random_state=0
-    )
-    assert np.unique(pool.clusters[selection.indices]).size == 4
+def test_seed_objective_gives_each_axis_cluster_its_share_on_average():
+    # Clusters on distinct coordinate axes make Σ diagonal with λ_j = cluster j's share, so
+    # the constraints (Ps)_j ≥ λ_j/c with c = 1 force mass share_j on cluster j, and the
+    # rounding's inclusion probabilities n·s_i give each cluster n·share_j rows in
+    # expectation. (On sketched mixtures the eigen-directions mix clusters and the diagonal
+    # objective can miss one: docs/skmm.md.)
+    counts = np.array([300, 150, 90, 60])
+    rows = np.repeat(np.eye(4), counts, axis=0)
+    clusters = np.repeat(np.arange(4), counts)
+    drawn = [
+        np.bincount(
+            clusters[skmm.select(rows, 40, objective="seed", c=1.0, random_state=seed).indices],
+            minlength=4,
+        )
+        for seed in range(12)
+    ]
+    assert np.mean(drawn, axis=0) == pytest.approx(40 * counts / counts.sum(), abs=1.0)
 
 
 @pytest.mark.parametrize("objective", ["aopt", "logdet", "seed"])
