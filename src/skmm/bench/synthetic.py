@@ -30,6 +30,7 @@ from ..api import select
 from ..io import atomic_write
 from ..progress import progress_bar
 from ..seeding import numpy_rng
+from .report import Report
 
 PAPER_BUDGETS = (24, 32, 48, 64, 80, 120, 200, 400, 800, 1600)
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-8, 1, 19))
@@ -359,14 +360,6 @@ ABLATION_VARIANTS = (
 )
 
 QUICK_POOL = {"n_rows": 400, "n_features": 480, "n_clusters": 6}
-
-
-@dataclass
-class Report:
-    """What a benchmark run produced: the markdown and the files written."""
-
-    markdown: str
-    files: list[Path]
 
 
 def synthetic_report(
