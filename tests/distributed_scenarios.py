@@ -67,8 +67,8 @@ def selections(workdir, tag):
     """name -> array, for every selection the test compares (``tag`` is unused)."""
     features, labels = pool()
     out = {}
-    for objective in ("aopt", "logdet", "seed"):
-        limit = {"max_iter": 150} if objective == "seed" else {}
+    for objective in ("aopt", "logdet", "diagonal"):
+        limit = {"max_iter": 150} if objective == "diagonal" else {}
         chosen = skmm.select(
             features, 40, sketch_dim=64, objective=objective, random_state=0, **limit
         )
@@ -85,7 +85,7 @@ def selections(workdir, tag):
     out["skmm_store"] = skmm.select(store, 40, sketch_dim=64, random_state=0).indices
     mapped = np.load(workdir / "sketched.npy", mmap_mode="r")
     out["skmm_memmap_seed"] = skmm.select(
-        mapped, 40, sketch_dim=64, objective="seed", max_iter=150, random_state=0
+        mapped, 40, sketch_dim=64, objective="diagonal", max_iter=150, random_state=0
     ).indices
     whitened = WhitenedRows(PoolRows.of(as_feature_matrix(mapped[:, :16])), None, None, keep=False)
     out["lazy_aopt"] = greedy_design(whitened, 30, "aopt", lazy=True).order
@@ -95,7 +95,7 @@ def selections(workdir, tag):
     finally:
         skmm.design.WINDOW_ROWS = saved
     tiny = SketchStore.open(workdir / "tiny-store", verify=False).array()  # rank 0: no rows
-    for objective, extra in (("aopt", {}), ("logdet", {}), ("seed", {"max_iter": 50})):
+    for objective, extra in (("aopt", {}), ("logdet", {}), ("diagonal", {"max_iter": 50})):
         chosen = skmm.select(tiny, 12, objective=objective, random_state=1, **extra)
         out[f"tiny_{objective}"] = chosen.indices
     out["tiny_uniform"] = skmm.select(tiny, 12, "uniform", random_state=1).indices

@@ -136,7 +136,7 @@ class Variant:
 
 PAPER_METHODS = (
     Variant("skmm", "skmm"),
-    Variant("skmm-seed", "skmm", {"objective": "seed"}),
+    Variant("skmm-diagonal", "skmm", {"objective": "diagonal"}),
     Variant("uniform", "uniform"),
     Variant("herding", "herding"),
     Variant("kcenter", "kcenter"),
@@ -341,11 +341,11 @@ def plot_risk(path: Path, runs: Sequence[Run], labels: Sequence[str], floor: flo
 ABLATION_VARIANTS = (
     Variant("aopt m=256 (default)", "skmm"),
     Variant("logdet m=256", "skmm", {"objective": "logdet"}),
-    Variant("seed c=1 systematic", "skmm", {"objective": "seed"}),
-    Variant("seed c=0.5", "skmm", {"objective": "seed", "c": 0.5}),
-    Variant("seed c=1 pivotal", "skmm", {"objective": "seed", "rounding": "pivotal"}),
-    Variant("seed c=1 topn", "skmm", {"objective": "seed", "rounding": "topn"}),
-    Variant("seed c=1 weighted", "skmm", {"objective": "seed", "rounding": "weighted"}),
+    Variant("diagonal c=1 systematic", "skmm", {"objective": "diagonal"}),
+    Variant("diagonal c=0.5", "skmm", {"objective": "diagonal", "c": 0.5}),
+    Variant("diagonal c=1 pivotal", "skmm", {"objective": "diagonal", "rounding": "pivotal"}),
+    Variant("diagonal c=1 topn", "skmm", {"objective": "diagonal", "rounding": "topn"}),
+    Variant("diagonal c=1 weighted", "skmm", {"objective": "diagonal", "rounding": "weighted"}),
     Variant("aopt m=16", "skmm", {"sketch_dim": 16}),
     Variant("aopt m=32", "skmm", {"sketch_dim": 32}),
     Variant("aopt m=64", "skmm", {"sketch_dim": 64}),
