@@ -457,6 +457,7 @@ class StoreArray:
 
     ndim = 2
     dtype = np.dtype(np.float32)
+    streamed = True  # a skmm.inputs.LazyArray: selection streams it
 
     def __init__(self, store: SketchStore) -> None:
         self.store = store
