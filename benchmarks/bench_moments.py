@@ -1,6 +1,7 @@
 """Moment matching (the diagonal objective): skmm's solver beside the paper's research solver.
 
-Problem (the seed's, DESIGN.md §2): with Σ̃ = VΛVᵀ of an (N, m) sketch and P_ij = (v_jᵀg̃_i)²,
+Problem (the paper's diagonal objective, docs/design.md §2): with Σ̃ = VΛVᵀ of an (N, m)
+sketch and P_ij = (v_jᵀg̃_i)²,
 
     min_{s ∈ [0,1/n]^N, Σs = 1}  min_{γ_j ≥ 1/c}  Σ_j ((Pᵀs)_j − γ_j λ_j)²,
 

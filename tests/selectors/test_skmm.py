@@ -128,8 +128,8 @@ def test_duplicate_rows_are_never_picked_twice_and_all_directions_are_covered():
 
 def test_diagonal_objective_starves_a_low_energy_direction():
     # Rows e1 ×10, e2 ×10, e3 ×1: λ = (10, 10, 1)/21 and with c = 0.5 the targets are 2λ.
-    # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the seed's
-    # λ²-weighted objective gives the single e3 row no mass (DESIGN.md §2).
+    # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the
+    # λ²-weighted diagonal objective gives the single e3 row no mass (docs/design.md §3).
     rows = np.repeat(np.eye(3), [10, 10, 1], axis=0)
     selection = skmm.select(rows, 6, objective="diagonal", c=0.5, random_state=0, tol=1e-8)
     assert 20 not in selection.indices

@@ -1,11 +1,12 @@
 """The paper's synthetic high-dimensional regression: a well-separated Gaussian mixture.
 
-Pool (DESIGN.md §4): N points in R^r from K clusters with random sizes (proportions from a
-symmetric Dirichlet(1), every cluster non-empty), centers μ_c ~ N(0, I_r) (so centers are
-≈ orthogonal and ≈ √(2r) apart), points x_i = μ_c + ``noise``·ε_i with ε_i ~ N(0, I_r), and a
-regression target constant per cluster, y_c ~ N(0, 1), observed with label noise:
-y_i = y_c + ``label_noise``·η_i. A coreset that misses a cluster cannot predict it, so its
-risk jumps by about that cluster's share times y_c².
+Pool (docs/design.md §5, docs/benchmarks.md): N points in R^r from K clusters with random
+sizes (proportions from a symmetric Dirichlet(1), every cluster non-empty), centers
+μ_c ~ N(0, I_r) (so centers are ≈ orthogonal and ≈ √(2r) apart), points
+x_i = μ_c + ``noise``·ε_i with ε_i ~ N(0, I_r), and a regression target constant per
+cluster, y_c ~ N(0, 1), observed with label noise: y_i = y_c + ``label_noise``·η_i. A
+coreset that misses a cluster cannot predict it, so its risk jumps by about that cluster's
+share times y_c².
 
 Each coreset trains ridge regression θ = argmin (1/n)‖X_Sθ − y_S‖² + α‖θ‖² with α chosen by
 K-fold cross-validation on the coreset alone (rows shuffled with a seeded generator before
