@@ -14,7 +14,7 @@ Two tables (docs/skmm.md "Cost" quotes them):
   spectrum is O(N·m²) and dominates).
 
     python benchmarks/bench_greedy.py --threads 1     # N = 2·10⁵ greedy; N = 10⁶ selection,
-                                                      # n up to 10⁴ (DESIGN.md §6's scale)
+                                                      # n up to 10⁴ (docs/design.md §7's scale)
     python benchmarks/bench_greedy.py --quick         # seconds (CI smoke)
 """
 

@@ -1,11 +1,12 @@
-"""Moment matching (the seed's objective): skmm's solver beside the paper's research solver.
+"""Moment matching (the diagonal objective): skmm's solver beside the paper's research solver.
 
-Problem (the seed's, DESIGN.md §2): with Σ̃ = VΛVᵀ of an (N, m) sketch and P_ij = (v_jᵀg̃_i)²,
+Problem (the paper's diagonal objective, docs/design.md §2): with Σ̃ = VΛVᵀ of an (N, m)
+sketch and P_ij = (v_jᵀg̃_i)²,
 
     min_{s ∈ [0,1/n]^N, Σs = 1}  min_{γ_j ≥ 1/c}  Σ_j ((Pᵀs)_j − γ_j λ_j)²,
 
 whose value at s is f(s) = Σ_j (λ_j/c − (Pᵀs)_j)_+² (γ in closed form). Both solvers start from
-the seed's start, s = 1/n on n uniformly drawn rows, and are scored by f.
+the paper's start, s = 1/n on n uniformly drawn rows, and are scored by f.
 
 - skmm: ``skmm.moments.solve`` with its defaults (max_iter 1000, tol 1e-4; working sets of
   rows for large N, FISTA inside, the Frank–Wolfe gap over all rows as the stop).

@@ -3,7 +3,7 @@
 ``skmm.moments.solve`` solves large pools on a working set of rows, adding ``working_set``
 rows per round (default n + k). This script times the solve with the default and with other
 sizes on the same problem (bench_moments.py's: N rows of m Gaussian features with a decaying
-spectrum, n = fraction·N, the seed's start), one process, so the sizes see the same load.
+spectrum, n = fraction·N, the paper's start), one process, so the sizes see the same load.
 
     python benchmarks/bench_working_set.py --sizes 1000000 --threads 1
     python benchmarks/bench_working_set.py --quick

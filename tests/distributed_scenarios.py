@@ -8,6 +8,7 @@ single process's results.
     python distributed_scenarios.py WORKDIR selections sketches
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from skmm.store import SketchStore
 
 POOL_ROWS = 3000
 SHARD_ROWS = 32
+SKETCH_OPTIONS = {"sketch_dim": 8, "batch_size": 16, "shard_rows": SHARD_ROWS, "progress": False}
 
 
 def pool(rows=POOL_ROWS, cols=300, seed=0):
@@ -61,14 +63,40 @@ def prepare(workdir):
     tiny = SketchStore.open_for_writing(workdir / "tiny-store", {"sketch_dim": 64}, shard_rows=50)
     tiny.append(sketched[:300])
     tiny.finish()
+    model, data = model_and_data()
+    for tag in ("ranks2", "single"):  # interrupted at row 56: shard 0 whole, 16 rows of shard 1
+        try:
+            sketch_gradients(
+                model,
+                interrupted_at(data, 56),
+                store=workdir / f"grads-resumed-{tag}",
+                flush_seconds=0,
+                **SKETCH_OPTIONS,
+            )
+        except Interrupted:
+            pass
+        manifest = json.loads((workdir / f"grads-resumed-{tag}" / "manifest.json").read_text())
+        assert (len(manifest["shards"]), manifest["partial"]["rows"]) == (1, 16)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_at(data, row):
+    """``data`` in batches of 8 rows, raising Interrupted at ``row``."""
+    for start in range(0, len(data), 8):
+        if start == row:
+            raise Interrupted
+        yield data.tensors[0][start : start + 8], data.tensors[1][start : start + 8]
 
 
 def selections(workdir, tag):
     """name -> array, for every selection the test compares (``tag`` is unused)."""
     features, labels = pool()
     out = {}
-    for objective in ("aopt", "logdet", "seed"):
-        limit = {"max_iter": 150} if objective == "seed" else {}
+    for objective in ("aopt", "logdet", "diagonal"):
+        limit = {"max_iter": 150} if objective == "diagonal" else {}
         chosen = skmm.select(
             features, 40, sketch_dim=64, objective=objective, random_state=0, **limit
         )
@@ -84,8 +112,8 @@ def selections(workdir, tag):
     store = SketchStore.open(workdir / "sketched-store", verify=False).array()
     out["skmm_store"] = skmm.select(store, 40, sketch_dim=64, random_state=0).indices
     mapped = np.load(workdir / "sketched.npy", mmap_mode="r")
-    out["skmm_memmap_seed"] = skmm.select(
-        mapped, 40, sketch_dim=64, objective="seed", max_iter=150, random_state=0
+    out["skmm_memmap_diagonal"] = skmm.select(
+        mapped, 40, sketch_dim=64, objective="diagonal", max_iter=150, random_state=0
     ).indices
     whitened = WhitenedRows(PoolRows.of(as_feature_matrix(mapped[:, :16])), None, None, keep=False)
     out["lazy_aopt"] = greedy_design(whitened, 30, "aopt", lazy=True).order
@@ -95,7 +123,7 @@ def selections(workdir, tag):
     finally:
         skmm.design.WINDOW_ROWS = saved
     tiny = SketchStore.open(workdir / "tiny-store", verify=False).array()  # rank 0: no rows
-    for objective, extra in (("aopt", {}), ("logdet", {}), ("seed", {"max_iter": 50})):
+    for objective, extra in (("aopt", {}), ("logdet", {}), ("diagonal", {"max_iter": 50})):
         chosen = skmm.select(tiny, 12, objective=objective, random_state=1, **extra)
         out[f"tiny_{objective}"] = chosen.indices
     out["tiny_uniform"] = skmm.select(tiny, 12, "uniform", random_state=1).indices
@@ -121,13 +149,15 @@ def selections(workdir, tag):
 def sketches(workdir, tag):
     """Sketched gradients in memory, and written to the store ``grads-{tag}``."""
     model, data = model_and_data()
-    options = {"sketch_dim": 8, "batch_size": 16, "shard_rows": SHARD_ROWS, "progress": False}
+    options = SKETCH_OPTIONS
     in_memory = sketch_gradients(model, data, **options)
     batches = [
         (data.tensors[0][i : i + 20], data.tensors[1][i : i + 20]) for i in range(0, 300, 20)
     ]
     streamed = sketch_gradients(model, batches, **options)
     stored = sketch_gradients(model, data, store=workdir / f"grads-{tag}", **options)
+    resumed = workdir / f"grads-resumed-{tag}"  # from a partial shard, saving one each piece
+    sketch_gradients(model, data, store=resumed, flush_seconds=0, **options)
     return {
         "grads": in_memory.features,
         "grads_labels": in_memory.labels,

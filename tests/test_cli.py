@@ -108,7 +108,7 @@ def test_safetensors_npz_labels_and_generic_options(tmp_path, capsys):
             "--stratify",
             "proportional",
             "-o",
-            "objective=seed",
+            "objective=diagonal",
             "-o",
             "max_iter=50",
             "-o",

@@ -111,17 +111,17 @@ def sketched(workdir):
 SELECTIONS = [
     "skmm_aopt",
     "skmm_logdet",
-    "skmm_seed",
-    "skmm_seed_weights",
+    "skmm_diagonal",
+    "skmm_diagonal_weights",
     "skmm_stratified",
     "skmm_sparse_sign",
     "skmm_store",
-    "skmm_memmap_seed",
+    "skmm_memmap_diagonal",
     "lazy_aopt",
     "lazy_aopt_window",
     "tiny_aopt",
     "tiny_logdet",
-    "tiny_seed",
+    "tiny_diagonal",
     "tiny_uniform",
     "uniform",
     "uniform_stratified",
@@ -153,6 +153,15 @@ def test_a_store_written_by_two_ranks_is_byte_identical_to_one_written_by_one(sk
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["state"] == "complete" and manifest["n_rows"] == 300
+
+
+@pytest.mark.parametrize("ranks", ["ranks2", "single"])
+def test_a_store_resumed_from_a_partial_shard_is_byte_identical(sketched, workdir, ranks):
+    resumed, reference = workdir / f"grads-resumed-{ranks}", workdir / "grads-single"
+    names = sorted(path.name for path in reference.iterdir())
+    assert names == sorted(path.name for path in resumed.iterdir())
+    for name in names:
+        assert (resumed / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 def test_row_separable_methods_run_on_every_rank_and_the_others_on_rank_0(selected):

@@ -2,15 +2,19 @@ import numpy as np
 import pytest
 import torch
 
+import skmm
 from skmm.inputs import (
+    LazyArray,
     as_feature_matrix,
     check_budget,
     check_choice,
     check_labels,
     check_positive_float,
     check_positive_int,
+    is_streamed,
     resolve_device,
 )
+from skmm.rows import PoolRows
 
 
 def test_numpy_and_torch_inputs_agree():
@@ -85,6 +89,56 @@ def test_memmap_nan_is_found_on_read(tmp_path):
     assert matrix.rows(0, 5).shape == (5, 3)
     with pytest.raises(ValueError, match="row 7"):
         matrix.rows(5, 10)
+
+
+class ChunkFiles:
+    """A lazy backend unknown to skmm: rows kept in .npy files of 7 rows each, read on demand."""
+
+    ndim = 2
+    streamed = True
+
+    def __init__(self, folder, data):
+        self.paths = []
+        for k, start in enumerate(range(0, len(data), 7)):
+            self.paths.append(folder / f"part-{k}.npy")
+            np.save(self.paths[-1], data[start : start + 7])
+        self.shape, self.dtype = data.shape, data.dtype
+        self.reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        whole = np.concatenate([np.load(path) for path in self.paths])
+        return whole[key]
+
+
+def test_a_new_lazy_backend_is_validated_and_streamed_without_edits(tmp_path):
+    data = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    lazy = ChunkFiles(tmp_path, data)
+    assert isinstance(lazy, LazyArray) and is_streamed(lazy) and not is_streamed(data)
+    matrix = as_feature_matrix(lazy)
+    assert matrix.streamed and lazy.reads == 0  # nothing read up front
+    assert not PoolRows.of(matrix).in_memory
+    assert PoolRows.of(as_feature_matrix(data)).in_memory
+    torch.testing.assert_close(matrix.take(np.array([3, 30])), torch.from_numpy(data[[3, 30]]))
+    for method, options in (("skmm", {"sketch_dim": 8}), ("uniform", {}), ("kcenter", {})):
+        streamed = skmm.select(lazy, 5, method, random_state=0, **options)
+        held = skmm.select(data, 5, method, random_state=0, **options)
+        np.testing.assert_array_equal(streamed.indices, held.indices)
+    data[33, 1] = np.inf
+    with pytest.raises(ValueError, match="row 33"):
+        as_feature_matrix(ChunkFiles(tmp_path, data)).rows(28, 40)
+
+
+def test_an_object_without_the_streamed_flag_is_not_a_lazy_array():
+    class Shaped:
+        shape, dtype, ndim = (3, 2), np.dtype(np.float32), 2
+
+        def __getitem__(self, key):
+            return np.zeros((3, 2), np.float32)[key]
+
+    assert not is_streamed(Shaped())
+    with pytest.raises(TypeError, match="must be a numpy array"):
+        as_feature_matrix(Shaped())
 
 
 def test_chunks_cover_every_row_once():

@@ -81,9 +81,9 @@ def test_skmm_matches_only_the_directions_the_pool_has(pool):
     assert selection.info["effective_rank"] == rank
     assert selection.info["directions"]["k"] <= rank
     assert 0 < selection.info["c_S"] < 100
-    seed_objective = skmm.select(POOLS[pool], 20, "skmm", objective="seed", random_state=0)
-    assert math.isfinite(seed_objective.info["c_S"])
-    assert seed_objective.weights.sum() == pytest.approx(1.0)
+    diagonal = skmm.select(POOLS[pool], 20, "skmm", objective="diagonal", random_state=0)
+    assert math.isfinite(diagonal.info["c_S"])
+    assert diagonal.weights.sum() == pytest.approx(1.0)
 
 
 def test_skmm_weighs_columns_by_their_share_of_the_covariance():

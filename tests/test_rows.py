@@ -135,7 +135,7 @@ def sketched_pool(tmp_path_factory):
     [
         {},
         {"objective": "logdet"},
-        {"objective": "seed", "max_iter": 60},
+        {"objective": "diagonal", "max_iter": 60},
         {"stratify": "balanced"},
     ],
 )

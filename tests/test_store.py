@@ -614,3 +614,80 @@ def test_shards_written_by_any_rank_are_listed_in_order(tmp_path):
     assert len(json.loads((path / MANIFEST).read_text())["shards"]) == 2
     store.finish()
     assert snapshot(path) == snapshot(write_store(tmp_path / "appended", 10).path)
+
+
+# ------------------------------------------------------------------ partial shards
+
+
+def partial_entry(path, rows, index=0, shard_rows=4):
+    """Rows [index·shard_rows, +rows) written as shard ``index``'s file, not yet listed."""
+    start = index * shard_rows
+    return skmm.store.write_shard(path, index, start, *make_rows(start, start + rows))
+
+
+def test_a_partial_shard_is_kept_by_a_resume_and_replaced_by_the_whole_shard(tmp_path):
+    path = tmp_path / "s"
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    store.add_shards([partial_entry(path, 4)])
+    store.set_partial(partial_entry(path, 2, index=1))
+    listed = json.loads((path / MANIFEST).read_text())
+    assert [len(listed["shards"]), listed["partial"]["rows"]] == [1, 2]
+    with pytest.raises(StoreError, match="incomplete store"):
+        SketchStore.open(path)
+    store.close()
+    resumed = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    assert (resumed.rows_done, resumed.partial_rows) == (4, 2)
+    features, labels = resumed.read_partial()
+    np.testing.assert_array_equal(features, make_rows(4, 6)[0])
+    np.testing.assert_array_equal(labels, make_rows(4, 6)[1])
+    resumed.add_shards([partial_entry(path, 4, index=1), partial_entry(path, 2, index=2)])
+    assert "partial" not in json.loads((path / MANIFEST).read_text())
+    resumed.finish()
+    assert snapshot(path) == snapshot(write_store(tmp_path / "appended", 10).path)
+
+
+def test_a_partial_shard_must_be_the_next_shard_and_shorter_than_one(tmp_path):
+    path = tmp_path / "s"
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    with pytest.raises(ValueError, match="must be shard 0 at row 0; got shard 1"):
+        store.set_partial(partial_entry(path, 2, index=1))
+    with pytest.raises(ValueError, match="holds 1 to 3 rows; got 4"):
+        store.set_partial(partial_entry(path, 4))
+    with pytest.raises(ValueError, match="lists no partial shard"):
+        store.read_partial()
+
+
+@pytest.mark.parametrize("damage", ["file", "shard before"])
+def test_a_damaged_partial_shard_is_dropped_on_resume(tmp_path, damage):
+    path = tmp_path / "s"
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    store.add_shards([partial_entry(path, 4)])
+    store.set_partial(partial_entry(path, 3, index=1))
+    store.close()
+    victim = "shard-00001.npy" if damage == "file" else "shard-00000.npy"
+    (path / victim).write_bytes(b"damaged")
+    resumed = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    assert (resumed.rows_done, resumed.partial_rows) == (4 if damage == "file" else 0, 0)
+    assert "partial" not in json.loads((path / MANIFEST).read_text())
+    assert not (path / "shard-00001.npy").exists()  # unlisted now: deleted
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m: m.update(state="complete", n_rows=6), "complete store lists a partial shard"),
+        (lambda m: m["partial"].update(rows=4), "inconsistent entry for shard 1"),
+        (lambda m: m["partial"].update(index=2), "inconsistent entry for shard 1"),
+        (lambda m: m["partial"].update(file="../x.npy"), "not a plain shard file name"),
+        (lambda m: m.update(partial=[1]), "partial shard entry that is not a JSON object"),
+    ],
+)
+def test_a_malformed_partial_shard_is_refused(tmp_path, change, match):
+    path = tmp_path / "s"
+    store = SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+    store.add_shards([partial_entry(path, 4)])
+    store.set_partial(partial_entry(path, 2, index=1))
+    store.close()
+    edit_manifest(path, change)
+    with pytest.raises(StoreError, match=match):
+        SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)

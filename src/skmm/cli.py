@@ -371,33 +371,24 @@ def _bench_command(args: argparse.Namespace) -> int:
 
 
 def _real_command(args: argparse.Namespace) -> int:
-    from .bench.real import DEFAULT_BUDGETS, QUICK, real_report
+    from .bench.real import real_report
 
-    quick = QUICK if args.quick else {}
-    options = {
-        "protocols": args.protocols,
-        "methods": args.methods or quick.get("methods", methods()),
-        "budgets": args.budgets or quick.get("budgets", DEFAULT_BUDGETS),
-        "seeds": 1 if args.quick else args.seeds,
-        "cache_dir": args.cache,
-        "max_length": quick.get("max_length", args.max_length),
-        "image_size": quick.get("image_size", args.image_size),
-        "tune": not args.no_tune,
-        "stratify": args.stratify,
-        "sources": {
-            name: value
-            for name in ("dataset", "linear_model", "finetune_model")
-            if (value := getattr(args, name)) is not None
-        },
-        "limit_train": args.limit_train or quick.get("limit_train"),
-        "limit_test": args.limit_test or quick.get("limit_test"),
-        "progress": False if args.quiet else None,
-    }
-    if args.quick:
-        options["finetune_steps"] = quick["finetune_steps"]
-    markdown, files = real_report(args.out, args.task, **options)
-    print(markdown)
-    print("written: " + ", ".join(str(path) for path in files))
+    given = ("protocols", "methods", "budgets", "seeds", "max_length", "image_size", "stratify")
+    sources = ("dataset", "linear_model", "finetune_model")
+    report = real_report(
+        args.out,
+        args.task,
+        quick=args.quick,
+        cache_dir=args.cache,
+        tune=not args.no_tune,
+        sources={name: value for name in sources if (value := getattr(args, name)) is not None},
+        limit_train=args.limit_train or None,
+        limit_test=args.limit_test or None,
+        progress=False if args.quiet else None,
+        **{name: getattr(args, name) for name in given},
+    )
+    print(report.markdown)
+    print("written: " + ", ".join(str(path) for path in report.files))
     return 0
 
 

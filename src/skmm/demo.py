@@ -26,7 +26,7 @@ from .bench.synthetic import (
     summarize,
 )
 
-DEMO_METHODS = (
+SYNTHETIC_DEMO_VARIANTS = (
     Variant("skmm", "skmm"),
     Variant("uniform", "uniform"),
     Variant("kcenter", "kcenter"),
@@ -48,14 +48,14 @@ def run_demo(quick: bool = False) -> int:
     )
     print("each coreset trains ridge regression (alpha by 5-fold CV on the coreset);")
     print(f"risk = mean squared error over the whole pool; means over {seeds} seeds\n")
-    runs = run_benchmark(DEMO_METHODS, budgets, seeds, (0,), pool_options, progress=None)
+    runs = run_benchmark(SYNTHETIC_DEMO_VARIANTS, budgets, seeds, (0,), pool_options, progress=None)
     floor = noise_floor(0, pool_options)
     rows = {(row.label, row.n): row for row in summarize(runs, {0: floor})}
     header = f"{'method':9s} {'n':>4s} {'risk':>10s} {'failures':>9s} {'time (s)':>9s}"
     print(header)
     print("-" * len(header))
     for n in budgets:
-        for variant in DEMO_METHODS:
+        for variant in SYNTHETIC_DEMO_VARIANTS:
             row = rows[(variant.label, n)]
             print(
                 f"{variant.label:9s} {n:4d} {row.mean:10.2e} {row.failure_rate:9.0%} "
@@ -81,14 +81,14 @@ def run_real_demo(out_dir: str = "bench-out/demo", cache_dir: str = "bench-out/c
         f"{REAL_DEMO['limit_train']} training reviews, test = the 1,000 test reviews\n"
     )
     common = {**REAL_DEMO, "cache_dir": cache_dir}
-    linear, _ = real_report(
+    linear = real_report(
         f"{out_dir}/linear", protocols=("linear",), budgets=(50, 100, 200), seeds=3, **common
     )
-    finetuned, files = real_report(
+    finetuned = real_report(
         f"{out_dir}/finetune", protocols=("finetune",), budgets=(50, 200), seeds=1, **common
     )
-    print(linear)
-    print(finetuned)
-    print(f"plots: {out_dir}/linear/accuracy.png, {files[-1]}")
+    print(linear.markdown)
+    print(finetuned.markdown)
+    print(f"plots: {linear.files[-1]}, {finetuned.files[-1]}")
     print("full benchmark and its honest reading: docs/benchmarks.md (skmm bench real)")
     return 0

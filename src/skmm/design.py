@@ -3,7 +3,7 @@
 With Σ̃ = VΛVᵀ and its top-k directions V_k, whitened coordinates z_i = Λ_k^{-1/2} V_kᵀ g̃_i
 make the pool's second moment the identity, (1/N) Σ_i z_i z_iᵀ = I. A coreset S weighted
 uniformly has moment M_S = (1/n) Σ_{i∈S} z_i z_iᵀ, whose eigenvalues γ_1..γ_k are the
-generalized eigenvalues of (Σ̃_S, Σ̃) on that subspace: the matrix form of the seed's γ_j, with
+generalized eigenvalues of (Σ̃_S, Σ̃) on that subspace: the matrix form of the paper's γ_j, with
 c_S = 1/γ_min. Matching the full matrix (not only its diagonal in V) means a coreset that
 misses a group of rows spanning a direction has a singular M_S there, however the sketch mixes
 groups into eigenvectors. Greedy selection, one row at a time, maximizes with M = M_S + εI:

@@ -12,11 +12,10 @@ import math
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-
-from .store import StoreArray
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 SMALLEST_SCALE = 1e-12
@@ -104,6 +103,31 @@ def _numpy_dtype_problem(dtype: np.dtype) -> str | None:
     return f"non-numeric ({dtype})"
 
 
+@runtime_checkable
+class LazyArray(Protocol):
+    """An (N, r) matrix on disk, read only where asked (:class:`skmm.store.StoreArray` is one).
+
+    ``array[a:b]`` (contiguous rows) and ``array[rows]`` (an int64 index array) return numpy
+    rows; ``streamed`` is True. Selection validates and streams any object with these
+    members, so a new on-disk backend needs no change to validation or to :mod:`skmm.rows`.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    ndim: int
+    streamed: bool
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
+
+
+def is_streamed(source: object) -> bool:
+    """True for a memory-mapped array or a :class:`LazyArray`: rows are read from disk on
+    demand, never held whole."""
+    return isinstance(source, np.memmap) or (
+        isinstance(source, LazyArray) and source.streamed is True
+    )
+
+
 _TORCH_REAL = {
     torch.float16,
     torch.bfloat16,
@@ -121,16 +145,17 @@ _TORCH_REAL = {
 class FeatureMatrix:
     """A validated (N, r) matrix of features or gradients, read in row chunks.
 
-    ``source`` stays as given (numpy array, memmap or torch tensor); :meth:`rows` returns
-    torch tensors in ``compute_dtype`` on ``device``. Finiteness of memory-mapped sources is
-    checked chunk by chunk as rows are read.
+    ``source`` stays as given (numpy array, memmap, :class:`LazyArray` or torch tensor);
+    :meth:`rows` returns torch tensors in ``compute_dtype`` on ``device``. ``streamed``
+    sources (:func:`is_streamed`) are read from disk as asked, and their finiteness is
+    checked chunk by chunk as rows are read; the others were checked whole up front.
     """
 
-    source: np.ndarray | torch.Tensor | StoreArray
+    source: np.ndarray | torch.Tensor | LazyArray
     name: str
     device: torch.device
     compute_dtype: torch.dtype
-    checked: bool
+    streamed: bool
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -167,7 +192,7 @@ class FeatureMatrix:
                 block = np.array(block, copy=True)
             block = torch.from_numpy(block)
         block = block.to(device=self.device, dtype=self.compute_dtype)
-        if not self.checked:
+        if self.streamed:
             _check_finite_tensor(block, self.name, offset=start)
         return block
 
@@ -181,7 +206,7 @@ class FeatureMatrix:
                 array = array.astype(array.dtype.newbyteorder("="))
             block = torch.from_numpy(array)
         block = block.to(device=self.device, dtype=self.compute_dtype)
-        if not self.checked and block.dtype.is_floating_point:
+        if self.streamed and block.dtype.is_floating_point:
             bad = torch.nonzero(~torch.isfinite(block).all(dim=1)).flatten()
             if bad.numel():
                 first = int(bad[0])
@@ -243,7 +268,8 @@ def as_feature_matrix(
     name: str = "features",
     device: str | torch.device | None = None,
 ) -> FeatureMatrix:
-    """Validate an (N, r) real matrix (numpy array, memmap, torch tensor, DataFrame, list).
+    """Validate an (N, r) real matrix (numpy array, memmap, :class:`LazyArray`, torch tensor,
+    DataFrame, list).
 
     Raises ``TypeError`` for unsupported types or dtypes and ``ValueError`` for wrong shapes,
     empty input or NaN/Inf values (found up front for in-memory arrays, on read for memmaps).
@@ -262,8 +288,8 @@ def as_feature_matrix(
             )
         if features.is_sparse or features.layout != torch.strided:
             raise TypeError(f"{name} must be a dense tensor, got layout {features.layout}")
-        source: np.ndarray | torch.Tensor | StoreArray = features.detach()
-    elif isinstance(features, (np.ndarray, StoreArray)):
+        source: np.ndarray | torch.Tensor | LazyArray = features.detach()
+    elif isinstance(features, np.ndarray) or is_streamed(features):
         problem = _numpy_dtype_problem(features.dtype)
         if problem:
             raise TypeError(f"{name} must hold real numbers, got {problem} dtype {features.dtype}")
@@ -278,7 +304,8 @@ def as_feature_matrix(
             raise TypeError(f"{name} must hold real numbers, got {problem} values")
     else:
         raise TypeError(
-            f"{name} must be a numpy array, numpy memmap or torch tensor, "
+            f"{name} must be a numpy array, numpy memmap, torch tensor or lazy array (shape, "
+            "dtype, row reads and streamed=True: skmm.inputs.LazyArray), "
             f"got {type(features).__name__}"
         )
     if source.ndim != 2:
@@ -294,9 +321,9 @@ def as_feature_matrix(
     src_dtype = source.dtype
     is_double = src_dtype in (np.float64, torch.float64)
     compute_dtype = torch.float64 if is_double else torch.float32
-    memory_mapped = isinstance(source, (np.memmap, StoreArray))
-    matrix = FeatureMatrix(source, name, compute_device, compute_dtype, checked=not memory_mapped)
-    if not memory_mapped:
+    streamed = is_streamed(source)
+    matrix = FeatureMatrix(source, name, compute_device, compute_dtype, streamed=streamed)
+    if not streamed:
         largest = 0.0
         for start, rows in matrix.chunks():
             largest = max(largest, _check_finite_tensor(rows, name, offset=start))

@@ -1,6 +1,6 @@
 """The moment-matching problem of SkMM and its solver on the capped simplex.
 
-With Σ̃ = VΛVᵀ and P_ij = (v_jᵀ g̃_i)² (so Σ_i P_ij / N = λ_j), the seed's problem
+With Σ̃ = VΛVᵀ and P_ij = (v_jᵀ g̃_i)² (so Σ_i P_ij / N = λ_j), the paper's diagonal problem
 
     min_{s ∈ [0, 1/n]^N, Σs = 1}  min_{γ_j ≥ 1/c}  Σ_j ((Pᵀs)_j − γ_j λ_j)²
 

@@ -382,13 +382,8 @@ class PoolRows:
 
     @property
     def in_memory(self) -> bool:
-        """False for memory-mapped and store-backed sources, which are streamed."""
-        if isinstance(self.source, torch.Tensor):
-            return True
-        return isinstance(self.source.source, torch.Tensor) or (
-            isinstance(self.source.source, np.ndarray)
-            and not isinstance(self.source.source, np.memmap)
-        )
+        """False for streamed sources (memory-mapped or lazily read from disk)."""
+        return isinstance(self.source, torch.Tensor) or not self.source.streamed
 
     def _source_rows(self, rows: np.ndarray) -> torch.Tensor:
         if isinstance(self.source, torch.Tensor):

@@ -5,11 +5,18 @@ and, when labels are known, ``labels-00000.npy``, ... (int64, (rows,)). Every sh
 holds ``shard_rows`` rows, so the files never depend on how the caller batched its rows. Files
 are written atomically (temp file, fsync, rename), shards before the manifest that lists them
 with their sha256: a killed run resumes from its last complete shard and ends byte-identical to
-an uninterrupted one. A store made for another request, or with a file failing its checksum, is
-refused with a message naming the problem; nothing is unpickled, and the manifest can only name
-plain shard files inside the store directory. One writer at a time: a writer holds an exclusive
-``flock`` on the store directory until it finishes or is closed (the kernel drops it when the
-process dies), and a second writer is refused at once.
+an uninterrupted one. While a store is written, its manifest may also list a *partial* shard:
+the first rows of the first shard not yet complete, saved under that shard's own file name
+(:meth:`SketchStore.set_partial`, what :class:`skmm.gradients.sinks.StoreSink` does every
+minute), so that a run killed inside a long shard keeps them. The whole shard, written later
+under the same name, replaces it, and a complete manifest never lists one: the final files do
+not depend on when partial shards were saved.
+
+A store made for another request, or with a file failing its checksum, is refused with a
+message naming the problem; nothing is unpickled, and the manifest can only name plain shard
+files inside the store directory. One writer at a time: a writer holds an exclusive ``flock``
+on the store directory until it finishes or is closed (the kernel drops it when the process
+dies), and a second writer is refused at once.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ _FEATURE_DTYPE = np.dtype("<f4")
 _LABEL_DTYPE = np.dtype("<i8")
 _SHARD_KEYS = ("index", "start", "rows", "file", "sha256", "labels_file", "labels_sha256")
 _MANIFEST_KEYS = ("format", "version", "state", "identity", "shard_rows", "n_rows", "shards")
+PARTIAL = "partial"  # optional manifest key, only while writing: the partial shard's entry
 _ABSENT = object()
 
 
@@ -78,10 +86,10 @@ class SketchStore:
         self.metadata = manifest["metadata"]
         self.sketch_dim = self.identity["sketch_dim"]
         self._shards: list[dict[str, Any]] = list(manifest["shards"])
+        self._partial: dict[str, Any] | None = manifest.get(PARTIAL)
         self.rows_done = sum(shard["rows"] for shard in self._shards)
-        self._has_labels: bool | None = (
-            self._shards[0]["labels_file"] is not None if self._shards else None
-        )
+        listed = self._shards or ([self._partial] if self._partial else [])
+        self._has_labels: bool | None = listed[0]["labels_file"] is not None if listed else None
         self._writable = writable
         self._broken = False
         self._closed = False
@@ -90,6 +98,11 @@ class SketchStore:
         self._pending_rows = 0
         self._pending_entry: dict[str, Any] | None = None
         self._unlock: weakref.finalize | None = None
+
+    @property
+    def partial_rows(self) -> int:
+        """Rows of the partial shard after ``rows_done`` (0 when none is listed)."""
+        return 0 if self._partial is None else self._partial["rows"]
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "writing"
@@ -109,10 +122,12 @@ class SketchStore:
         A missing path or empty directory gets a fresh store. A store with the same identity and
         ``shard_rows`` is resumed: its listed shards are verified, the first failing one and all
         after it are dropped, unlisted shard and temp files are deleted, and ``rows_done`` counts
-        the rows kept (the caller appends from there). A complete, intact store comes back with
-        ``complete=True``. A different identity, or a non-empty directory without a manifest, is
-        refused with :class:`StoreError`; so is a store another writer holds open (its lock is
-        held until :meth:`finish` or :meth:`close`, or until its process ends).
+        the rows kept (the caller appends from there). A partial shard that verifies is kept
+        (``partial_rows``, :meth:`read_partial`); one that does not is dropped. A complete,
+        intact store comes back with ``complete=True``. A different identity, or a non-empty
+        directory without a manifest, is refused with :class:`StoreError`; so is a store
+        another writer holds open (its lock is held until :meth:`finish` or :meth:`close`, or
+        until its process ends).
         """
         path = Path(path)
         identity = _check_identity(identity)
@@ -264,11 +279,11 @@ class SketchStore:
             self._shards.append(self._pending_entry)
             self.rows_done += self._pending_entry["rows"]
             self._pending_entry = None
-        self.complete, self.metadata = True, metadata
+        self.complete, self.metadata, partial, self._partial = True, metadata, self._partial, None
         try:
             self._write_manifest()
         except BaseException:
-            self.complete, self.metadata = False, {}
+            self.complete, self.metadata, self._partial = False, {}, partial
             self._break()
             raise
         self.close()
@@ -312,7 +327,7 @@ class SketchStore:
         """List shards written by :func:`write_shard` (by any rank), next in order.
 
         Full shards are listed in the manifest at once; a shorter one must be the last and
-        is listed by :meth:`finish`.
+        is listed by :meth:`finish`. A shard replaces the partial shard of the same index.
         """
         self._check_writable("add shards to")
         if self._pending_rows or (self._pending_entry is not None and entries):
@@ -328,13 +343,44 @@ class SketchStore:
             if self._has_labels is not None and labelled != self._has_labels:
                 raise ValueError("labels must be given with every shard or with none")
             self._has_labels = labelled
+            if self._partial is not None and self._partial["index"] == entry["index"]:
+                self._partial = None  # its file now holds the whole shard
             if entry["rows"] < self.shard_rows:
                 self._pending_entry = entry
                 continue
             self._shards.append(entry)
             self.rows_done += entry["rows"]
-        if entries and self._pending_entry is None:
+        if entries:
             self._write_manifest()
+
+    def set_partial(self, entry: dict[str, Any]) -> None:
+        """List ``entry`` (from :func:`write_shard`) as the partial shard: the first rows of the
+        next shard, fewer than ``shard_rows``, saved so that an interrupted run keeps them."""
+        self._check_writable("save a partial shard in")
+        if self._pending_rows or self._pending_entry is not None:
+            raise ValueError("a partial shard cannot follow appended rows or a short last shard")
+        expected = len(self._shards)
+        if entry["index"] != expected or entry["start"] != self.rows_done:
+            raise ValueError(
+                f"a partial shard must be shard {expected} at row {self.rows_done}; "
+                f"got shard {entry['index']} at row {entry['start']}"
+            )
+        if not 0 < entry["rows"] < self.shard_rows:
+            raise ValueError(
+                f"a partial shard holds 1 to {self.shard_rows - 1} rows; got {entry['rows']}"
+            )
+        labelled = entry["labels_file"] is not None
+        if self._has_labels is not None and labelled != self._has_labels:
+            raise ValueError("labels must be given with every shard or with none")
+        self._has_labels = labelled
+        self._partial = dict(entry)
+        self._guarded_write_manifest()
+
+    def read_partial(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The partial shard's rows and labels (checksums verified); ValueError if none."""
+        if self._partial is None:
+            raise ValueError(f"store {self.path} lists no partial shard")
+        return self._read_features(self._partial), self._read_labels(self._partial)
 
     def verify_request(self, identity: dict[str, Any]) -> None:
         """StoreError when ``identity`` differs from the stored one, naming each differing key."""
@@ -399,8 +445,17 @@ class SketchStore:
 
     def _write_shard(self, features: np.ndarray, labels: np.ndarray | None) -> None:
         entry = write_shard(self.path, len(self._shards), self.rows_done, features, labels)
+        if self._partial is not None and self._partial["index"] == entry["index"]:
+            self._partial = None  # its file now holds the whole shard
         self._shards.append(entry)
         self.rows_done += entry["rows"]
+
+    def _guarded_write_manifest(self) -> None:
+        try:
+            self._write_manifest()
+        except BaseException:
+            self._break()
+            raise
 
     def _write_manifest(self) -> None:
         _fsync_dir(self.path)  # the shards' renames are durable before the manifest names them
@@ -409,11 +464,14 @@ class SketchStore:
         manifest["n_rows"] = self.rows_done if self.complete else None
         manifest["shards"] = self._shards
         manifest["metadata"] = self.metadata
+        if self._partial is not None and not self.complete:
+            manifest[PARTIAL] = self._partial
         write_json(self.path / MANIFEST, manifest)
         _fsync_dir(self.path)
 
     def _recover(self) -> None:
-        """Keep the listed shards up to the first that fails verification; delete the rest."""
+        """Keep the listed shards up to the first that fails verification, and the partial
+        shard if it follows them and verifies; delete the rest."""
         kept = []
         for shard in self._shards:
             try:
@@ -422,15 +480,24 @@ class SketchStore:
             except StoreError:
                 break
             kept.append(shard)
-        if len(kept) != len(self._shards):
-            self._shards = kept
+        partial = self._partial
+        if partial is not None:
+            try:
+                if len(kept) != len(self._shards):
+                    raise StoreError("a shard before the partial one was dropped")
+                self.read_partial()
+            except StoreError:
+                partial = None
+        if len(kept) != len(self._shards) or partial is not self._partial:
+            self._shards, self._partial = kept, partial
             self.rows_done = sum(shard["rows"] for shard in kept)
-            self._has_labels = kept[0]["labels_file"] is not None if kept else None
+            listed = kept or ([partial] if partial else [])
+            self._has_labels = listed[0]["labels_file"] is not None if listed else None
             self.complete = False
             self.metadata = {}
             self._write_manifest()
         listed = {MANIFEST}
-        for shard in self._shards:
+        for shard in self._shards + ([self._partial] if self._partial else []):
             listed.update((shard["file"], shard["labels_file"]))
         for entry in self.path.iterdir():
             if entry.name in listed:
@@ -467,6 +534,7 @@ class StoreArray:
 
     ndim = 2
     dtype = np.dtype(np.float32)
+    streamed = True  # a skmm.inputs.LazyArray: selection streams it
 
     def __init__(self, store: SketchStore) -> None:
         self.store = store
@@ -680,9 +748,15 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(shards, list):
         raise bad("has a shard list that is not a list")
 
+    partial = manifest.get(PARTIAL)
+    if partial is not None and state == "complete":
+        raise bad("of a complete store lists a partial shard")
+    if partial is not None and not isinstance(partial, dict):
+        raise bad("has a partial shard entry that is not a JSON object")
     checked = []
     start = 0
-    for position, shard in enumerate(shards):
+    entries = shards if partial is None else [*shards, partial]
+    for position, shard in enumerate(entries):
         if not isinstance(shard, dict) or any(key not in shard for key in _SHARD_KEYS):
             raise bad(f"has a malformed shard entry at position {position}")
         for key in ("file", "labels_file"):
@@ -691,23 +765,28 @@ def _load_manifest(path: Path) -> dict[str, Any]:
                 continue
             if not isinstance(name, str) or not _SHARD_NAME.match(name):
                 raise bad(f"lists {name!r}, which is not a plain shard file name")
-        last = position == len(shards) - 1
-        full = _is_int(shard["rows"], 1) and shard["rows"] == shard_rows
-        short_ok = last and state == "complete" and _is_int(shard["rows"], 1)
+        rows = shard["rows"]
+        short = _is_int(rows, 1) and rows < shard_rows
+        if position == len(shards):  # the partial shard
+            rows_ok = short
+        else:  # full, or the short last shard of a complete store
+            last = position == len(shards) - 1
+            full = _is_int(rows) and rows == shard_rows
+            rows_ok = full or (short and last and state == "complete")
         labelled = shard["labels_file"] is not None
         if (
             shard["index"] != position
             or not _is_int(shard["index"])
             or shard["start"] != start
             or not _is_int(shard["start"])
-            or not (full or (short_ok and shard["rows"] < shard_rows))
+            or not rows_ok
             or shard["file"] != f"shard-{position:05d}.npy"
             or (labelled and shard["labels_file"] != f"labels-{position:05d}.npy")
             or not isinstance(shard["sha256"], str)
             or not _SHA256.match(shard["sha256"])
             or labelled != isinstance(shard["labels_sha256"], str)
             or (labelled and not _SHA256.match(shard["labels_sha256"]))
-            or labelled != (shards[0]["labels_file"] is not None)
+            or labelled != (entries[0]["labels_file"] is not None)
         ):
             raise bad(f"has an inconsistent entry for shard {position} ({shard['file']})")
         checked.append({key: shard[key] for key in _SHARD_KEYS})
@@ -718,7 +797,8 @@ def _load_manifest(path: Path) -> dict[str, Any]:
         **manifest,
         "identity": _canonical(identity, "identity"),
         "metadata": _canonical(metadata, "metadata"),
-        "shards": checked,
+        "shards": checked[: len(shards)],
+        PARTIAL: checked[len(shards)] if partial is not None else None,
     }
 
 

@@ -101,8 +101,9 @@ def fashion_available() -> bool:
     reason="Fashion-MNIST (apt-get install dataset-fashion-mnist) or EfficientNet-Lite0 missing",
 )
 def test_quick_fashion_mnist_end_to_end(tmp_path):
-    options = {**QUICK, "cache_dir": tmp_path / "cache", "seeds": 1, "progress": False}
-    markdown, files = real_report(tmp_path / "out", "fashion-mnist", **options)
+    options = {"quick": True, "cache_dir": tmp_path / "cache", "progress": False}
+    report = real_report(tmp_path / "out", "fashion-mnist", **options)
+    markdown, files = report.markdown, report.files
     assert "linear: accuracy" in markdown and "finetune: macro-f1" in markdown
     assert "tuned on the pool" in markdown.split("\n", 1)[0]
     with open(files[1]) as stream:
@@ -124,11 +125,11 @@ def test_quick_fashion_mnist_end_to_end(tmp_path):
     with np.load(train_cache) as stored:
         assert stored["hidden"].shape == (QUICK["limit_train"], 320, 1, 1)
         assert stored["embedding"].shape == (QUICK["limit_train"], 1280)
-    again, _ = real_report(tmp_path / "again", "fashion-mnist", **options)
+    again = real_report(tmp_path / "again", "fashion-mnist", **options).markdown
     assert again.split("\n", 2)[2] == markdown.split("\n", 2)[2]
     # class-proportional budgets are a setting of their own (another journal)
     stratified = {**options, "protocols": ("linear",), "methods": ("uniform",), "stratify": True}
-    header = real_report(tmp_path / "stratified", "fashion-mnist", **stratified)[0]
+    header = real_report(tmp_path / "stratified", "fashion-mnist", **stratified).markdown
     assert "class-proportional budgets (stratify)" in header.split("\n")[0]
     with pytest.raises(ValueError, match="other settings"):
         real_report(tmp_path / "stratified", "fashion-mnist", **{**stratified, "stratify": False})

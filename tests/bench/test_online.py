@@ -97,9 +97,9 @@ def test_stanford_cars_task_end_to_end_on_stand_ins(stand_ins, tmp_path):
         "sources": stand_ins,
         "progress": False,
     }
-    markdown, files = real_report(tmp_path / "out", "stanford-cars", **options)
-    assert "finetune: accuracy" in markdown
-    with open(files[1]) as stream:
+    report = real_report(tmp_path / "out", "stanford-cars", **options)
+    assert "finetune: accuracy" in report.markdown
+    with open(report.files[1]) as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 4 and {row["task"] for row in rows} == {"stanford-cars"}
     with pytest.raises(ValueError, match="apply to stanford-cars"):

@@ -1,3 +1,7 @@
+import itertools
+import json
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import skmm
-from skmm.gradients import load_gradient_sketch, sketch_gradients
+from skmm.gradients import load_gradient_sketch, sinks, sketch_gradients
 from skmm.gradients.params import resolve_params
 from skmm.gradients.per_sample import random_labels, random_signs
 from skmm.store import StoreError
@@ -226,6 +230,105 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
         assert (resumed / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+class Interrupt(Exception):
+    pass
+
+
+def batches_until(data, rows, size=10):
+    """``data`` in batches of ``size``, raising Interrupt once ``rows`` rows were given."""
+    for start in range(0, len(data), size):
+        if start >= rows:
+            raise Interrupt
+        yield data.tensors[0][start : start + size], data.tensors[1][start : start + size]
+
+
+class Counting(Dataset):
+    """A dataset that remembers which rows were read."""
+
+    def __init__(self, data):
+        self.data, self.read = data, set()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.read.add(index)
+        return self.data[index]
+
+
+def snapshot(path):
+    return {entry.name: entry.read_bytes() for entry in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("stops", [(10,), (30,), (60,), (20, 50)])
+def test_a_pool_smaller_than_a_shard_is_saved_as_it_goes_and_resumes_identically(
+    tmp_path, capsys, stops
+):
+    # 70 rows, default 4,096-row shards: one short shard, saved as a partial shard after
+    # every micro-batch (flush_seconds=0); interrupted at each of ``stops`` rows, then resumed.
+    model, data = small_cnn(), image_data(rows=70)
+    options = {"sketch_dim": 8, "batch_size": 8, "progress": False}
+    reference = tmp_path / "reference"
+    sketch_gradients(model, data, store=reference, **options)
+    store = tmp_path / "store"
+    saved = 0
+    for stop in stops:
+        with pytest.raises(Interrupt):
+            sketch_gradients(
+                model, batches_until(data, stop), store=store, flush_seconds=0, **options
+            )
+        partial = json.loads((store / "manifest.json").read_text())["partial"]
+        assert partial["rows"] % 8 == 0 and max(saved, stop - 16) < partial["rows"] <= stop
+        saved = partial["rows"]
+    counting = Counting(data)
+    resumed = sketch_gradients(model, counting, store=store, **{**options, "progress": None})
+    assert min(counting.read) == saved  # the saved rows were not recomputed
+    assert f"already holds {saved} rows" in capsys.readouterr().err
+    assert snapshot(store) == snapshot(reference)
+    np.testing.assert_array_equal(resumed.features, load_gradient_sketch(reference).features)
+    sketch_gradients(model, data, store=store, **{**options, "progress": None})
+    assert "is already complete (70 rows): nothing to sketch" in capsys.readouterr().err
+
+
+def test_whole_shards_and_a_partial_one_resume_identically(tmp_path, capsys):
+    model, data = small_cnn(), image_data(rows=70)
+    options = {"sketch_dim": 8, "batch_size": 8, "shard_rows": 16}
+    reference = tmp_path / "reference"
+    sketch_gradients(model, data, store=reference, **options)
+    store = tmp_path / "store"
+    with pytest.raises(Interrupt):
+        sketch_gradients(model, batches_until(data, 60), store=store, flush_seconds=0, **options)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 3 and manifest["partial"]["rows"] == 8
+    rows = 48 + manifest["partial"]["rows"]
+    sketch_gradients(model, data, store=store, **options)
+    message = f"already holds {rows} rows (3 whole shard(s) of 16, {rows - 48} of the next)"
+    assert message in capsys.readouterr().err
+    assert snapshot(store) == snapshot(reference)
+
+
+def test_the_partial_shard_is_saved_once_per_flush_interval(tmp_path, monkeypatch):
+    clock = itertools.count(step=25.0)  # the sink's clock: each reading is 25 s later
+    monkeypatch.setattr(sinks, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    saved = []
+    set_partial = skmm.store.SketchStore.set_partial
+
+    def recording(store, entry):
+        saved.append(entry["rows"])
+        set_partial(store, entry)
+
+    monkeypatch.setattr(skmm.store.SketchStore, "set_partial", recording)
+    model, data = small_cnn(), image_data(rows=70)
+    sketch_gradients(model, data, sketch_dim=8, batch_size=8, store=tmp_path / "s")
+    # one reading when the sink opens, one per piece of 8 rows, one after each save: with
+    # flush_seconds=60 every third piece is saved (75 s after the last save)
+    assert saved == [24, 48, 70]
+    np.testing.assert_array_equal(
+        load_gradient_sketch(tmp_path / "s").features,
+        sketch_gradients(model, data, sketch_dim=8, batch_size=8).features,
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
@@ -235,6 +338,7 @@ def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
         ({"params": ["nothing.*"]}, "matches no parameter"),
         ({"params": "last:99"}, "last:99"),
         ({"data": []}, "no rows"),
+        ({"flush_seconds": -1.0}, "flush_seconds"),
     ],
 )
 def test_bad_requests(options, match):

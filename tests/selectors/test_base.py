@@ -1,8 +1,10 @@
+import inspect
+
 import numpy as np
 import pytest
 
 import skmm
-from skmm.selectors.base import class_budgets
+from skmm.selectors.base import Selector, class_budgets
 
 
 def _codes(sizes):
@@ -70,3 +72,17 @@ def test_labels_without_stratify_are_accepted_and_ignored_by_unsupervised_method
     a = skmm.select(features, 5, "uniform", labels=np.zeros(50), random_state=0)
     b = skmm.select(features, 5, "uniform", random_state=0)
     np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("method", skmm.methods())
+def test_every_method_declares_the_common_options_in_its_own_constructor(method):
+    cls = skmm.get_method(method)
+    own = inspect.signature(cls.__init__).parameters
+    common = inspect.signature(Selector.__init__).parameters
+    for name, param in common.items():
+        if name == "self":
+            continue
+        assert name in own, f"{cls.__name__}.__init__ lacks {name}"
+        assert (own[name].kind, own[name].default) == (param.kind, param.default), name
+    assert cls.param_names() == [name for name in own if name != "self"]
+    assert list(cls(n=3).get_params()) == cls.param_names()  # every option is stored

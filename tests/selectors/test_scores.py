@@ -365,6 +365,8 @@ def test_score_epoch_stops_training_early() -> None:
     assert early.info["probe"]["score_epoch"] == 2
     assert np.array_equal(early.indices, short.indices)
     assert early.info["scores"] == short.info["scores"]
+    assert short.info["params"]["score_epoch"] == 2  # None recorded as the epoch it means
+    assert early.info["params"]["score_epoch"] == 2
 
 
 def test_zero_weight_decay_is_allowed() -> None:

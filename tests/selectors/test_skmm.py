@@ -71,9 +71,9 @@ def test_without_a_clean_gap_k_is_capped_by_the_budget_and_the_sketch_dimension(
     assert unsketched["directions"]["k"] == unsketched["intrinsic_dimension"] > 64
 
 
-def test_seed_objective_reports_its_solver():
+def test_diagonal_objective_reports_its_solver():
     features = np.random.default_rng(0).standard_normal((300, 500))
-    selection = skmm.select(features, 20, sketch_dim=32, objective="seed", random_state=0)
+    selection = skmm.select(features, 20, sketch_dim=32, objective="diagonal", random_state=0)
     info = selection.info
     for stage in ("sketch", "spectrum", "solve", "rounding", "total"):
         assert info["timings"][stage] >= 0
@@ -95,7 +95,7 @@ def test_identical_results_for_numpy_torch_and_batch_sizes():
     np.testing.assert_array_equal(base.indices, batched.indices)
 
 
-def test_seed_objective_gives_each_axis_cluster_its_share_on_average():
+def test_diagonal_objective_gives_each_axis_cluster_its_share_on_average():
     # Clusters on distinct coordinate axes make Σ diagonal with λ_j = cluster j's share, so
     # the constraints (Ps)_j ≥ λ_j/c with c = 1 force mass share_j on cluster j, and the
     # rounding's inclusion probabilities n·s_i give each cluster n·share_j rows in
@@ -106,7 +106,7 @@ def test_seed_objective_gives_each_axis_cluster_its_share_on_average():
     clusters = np.repeat(np.arange(4), counts)
     drawn = [
         np.bincount(
-            clusters[skmm.select(rows, 40, objective="seed", c=1.0, random_state=seed).indices],
+            clusters[skmm.select(rows, 40, objective="diagonal", c=1.0, random_state=seed).indices],
             minlength=4,
         )
         for seed in range(12)
@@ -114,7 +114,7 @@ def test_seed_objective_gives_each_axis_cluster_its_share_on_average():
     assert np.mean(drawn, axis=0) == pytest.approx(40 * counts / counts.sum(), abs=1.0)
 
 
-@pytest.mark.parametrize("objective", ["aopt", "logdet", "seed"])
+@pytest.mark.parametrize("objective", ["aopt", "logdet", "diagonal"])
 def test_n_equal_to_the_pool_selects_everything(objective):
     features = np.random.default_rng(0).standard_normal((12, 3))
     selection = skmm.select(features, 12, objective=objective, random_state=0)
@@ -135,12 +135,12 @@ def test_duplicate_rows_are_never_picked_twice_and_all_directions_are_covered():
     assert np.bincount(selection.indices // 10, minlength=3).min() >= 1
 
 
-def test_seed_objective_starves_a_low_energy_direction():
+def test_diagonal_objective_starves_a_low_energy_direction():
     # Rows e1 ×10, e2 ×10, e3 ×1: λ = (10, 10, 1)/21 and with c = 0.5 the targets are 2λ.
-    # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the seed's
-    # λ²-weighted objective gives the single e3 row no mass (DESIGN.md §2).
+    # Σ_j (2λ_j − x_j)_+² with x1 + x2 + x3 = 1 is minimized at x = (1/2, 1/2, 0): the
+    # λ²-weighted diagonal objective gives the single e3 row no mass (docs/design.md §3).
     rows = np.repeat(np.eye(3), [10, 10, 1], axis=0)
-    selection = skmm.select(rows, 6, objective="seed", c=0.5, random_state=0, tol=1e-8)
+    selection = skmm.select(rows, 6, objective="diagonal", c=0.5, random_state=0, tol=1e-8)
     assert 20 not in selection.indices
     assert np.sum(selection.indices < 10) == 3
     assert selection.info["objective"] == pytest.approx(2 * (20 / 21 - 0.5) ** 2 + (2 / 21) ** 2)
@@ -151,17 +151,21 @@ def test_seed_objective_starves_a_low_energy_direction():
     [
         ({"sketch_dim": 0}, ValueError, "sketch_dim"),
         ({"sketch": "fjlt"}, ValueError, "gaussian, sparse_sign, none"),
-        ({"objective": "eopt"}, ValueError, "seed, logdet, aopt"),
+        ({"objective": "eopt"}, ValueError, "diagonal, logdet, aopt"),
         ({"directions": "elbow"}, ValueError, "auto, gap"),
         ({"directions": 0}, ValueError, "directions"),
         ({"ridge": -1.0}, ValueError, "ridge"),
         ({"c": 0.5}, ValueError, "do not apply to objective='aopt'"),
-        ({"objective": "seed", "ridge": 1e-3}, ValueError, "do not apply to objective='seed'"),
-        ({"objective": "seed", "c": -1.0}, ValueError, "c must be"),
-        ({"objective": "seed", "c": "big"}, TypeError, "c must be a number"),
-        ({"objective": "seed", "rounding": "round"}, ValueError, "systematic, pivotal"),
-        ({"objective": "seed", "max_iter": 0}, ValueError, "max_iter"),
-        ({"objective": "seed", "tol": 0.0}, ValueError, "tol"),
+        (
+            {"objective": "diagonal", "ridge": 1e-3},
+            ValueError,
+            "do not apply to objective='diagonal'",
+        ),
+        ({"objective": "diagonal", "c": -1.0}, ValueError, "c must be"),
+        ({"objective": "diagonal", "c": "big"}, TypeError, "c must be a number"),
+        ({"objective": "diagonal", "rounding": "round"}, ValueError, "systematic, pivotal"),
+        ({"objective": "diagonal", "max_iter": 0}, ValueError, "max_iter"),
+        ({"objective": "diagonal", "tol": 0.0}, ValueError, "tol"),
         ({"batch_size": -5}, ValueError, "batch_size"),
         ({"progress": "yes"}, TypeError, "progress"),
     ],
@@ -179,8 +183,39 @@ def test_unsketched_huge_r_is_refused_up_front():
 
 def test_estimator_style():
     features = np.random.default_rng(0).standard_normal((50, 8))
-    estimator = skmm.SkMM(n=5, objective="seed", c=0.8, random_state=0)
+    estimator = skmm.SkMM(n=5, objective="diagonal", c=0.8, random_state=0)
     assert estimator.fit(features) is estimator
     assert len(estimator.selection_) == 5
     assert estimator.get_params()["c"] == 0.8
     assert "SkMM(n=5" in repr(estimator)
+
+
+def test_the_former_objective_name_seed_warns_and_runs_the_diagonal_objective():
+    features = np.random.default_rng(0).standard_normal((60, 8))
+    diagonal = skmm.select(features, 6, objective="diagonal", random_state=0)
+    with pytest.warns(FutureWarning, match="objective='seed' is renamed 'diagonal'"):
+        former = skmm.select(features, 6, objective="seed", random_state=0)
+    np.testing.assert_array_equal(former.indices, diagonal.indices)
+    np.testing.assert_array_equal(former.weights, diagonal.weights)
+    assert former.info["params"]["objective"] == "diagonal"
+    assert former.info["objective_kind"] == "diagonal"
+    assert skmm.SkMM(n=6, objective="seed").get_params()["objective"] == "seed"  # as set
+
+
+@pytest.mark.parametrize(
+    ("options", "recorded", "unset"),
+    [
+        ({}, {"objective": "aopt", "directions": "auto", "ridge": 1e-6}, ("c", "tol")),
+        ({"objective": "logdet", "ridge": 1e-3}, {"ridge": 1e-3, "directions": "auto"}, ("c",)),
+        (
+            {"objective": "diagonal", "c": 0.5},
+            {"c": 0.5, "rounding": "systematic", "max_iter": 1000, "tol": 1e-4},
+            ("ridge", "directions"),
+        ),
+    ],
+)
+def test_recorded_options_are_the_options_used(options, recorded, unset):
+    features = np.random.default_rng(0).standard_normal((60, 8))
+    params = skmm.select(features, 6, random_state=0, **options).info["params"]
+    assert {name: params[name] for name in recorded} == recorded
+    assert all(params[name] is None for name in unset)  # the other objective's: unused

@@ -1,1 +1,1 @@
-"""Benchmarks: the paper's synthetic study and (later) real finetuning tasks."""
+"""Benchmarks: the paper's synthetic study and real finetuning tasks (docs/benchmarks.md)."""

@@ -1,11 +1,12 @@
 """The paper's synthetic high-dimensional regression: a well-separated Gaussian mixture.
 
-Pool (DESIGN.md §4): N points in R^r from K clusters with random sizes (proportions from a
-symmetric Dirichlet(1), every cluster non-empty), centers μ_c ~ N(0, I_r) (so centers are
-≈ orthogonal and ≈ √(2r) apart), points x_i = μ_c + ``noise``·ε_i with ε_i ~ N(0, I_r), and a
-regression target constant per cluster, y_c ~ N(0, 1), observed with label noise:
-y_i = y_c + ``label_noise``·η_i. A coreset that misses a cluster cannot predict it, so its
-risk jumps by about that cluster's share times y_c².
+Pool (docs/design.md §5, docs/benchmarks.md): N points in R^r from K clusters with random
+sizes (proportions from a symmetric Dirichlet(1), every cluster non-empty), centers
+μ_c ~ N(0, I_r) (so centers are ≈ orthogonal and ≈ √(2r) apart), points
+x_i = μ_c + ``noise``·ε_i with ε_i ~ N(0, I_r), and a regression target constant per
+cluster, y_c ~ N(0, 1), observed with label noise: y_i = y_c + ``label_noise``·η_i. A
+coreset that misses a cluster cannot predict it, so its risk jumps by about that cluster's
+share times y_c².
 
 Each coreset trains ridge regression θ = argmin (1/n)‖X_Sθ − y_S‖² + α‖θ‖² with α chosen by
 K-fold cross-validation on the coreset alone (rows shuffled with a seeded generator before
@@ -30,6 +31,7 @@ from ..api import select
 from ..io import atomic_write
 from ..progress import progress_bar
 from ..seeding import numpy_rng
+from .report import Report
 
 PAPER_BUDGETS = (24, 32, 48, 64, 80, 120, 200, 400, 800, 1600)
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-8, 1, 19))
@@ -135,7 +137,7 @@ class Variant:
 
 PAPER_METHODS = (
     Variant("skmm", "skmm"),
-    Variant("skmm-seed", "skmm", {"objective": "seed"}),
+    Variant("skmm-diagonal", "skmm", {"objective": "diagonal"}),
     Variant("uniform", "uniform"),
     Variant("herding", "herding"),
     Variant("kcenter", "kcenter"),
@@ -340,11 +342,11 @@ def plot_risk(path: Path, runs: Sequence[Run], labels: Sequence[str], floor: flo
 ABLATION_VARIANTS = (
     Variant("aopt m=256 (default)", "skmm"),
     Variant("logdet m=256", "skmm", {"objective": "logdet"}),
-    Variant("seed c=1 systematic", "skmm", {"objective": "seed"}),
-    Variant("seed c=0.5", "skmm", {"objective": "seed", "c": 0.5}),
-    Variant("seed c=1 pivotal", "skmm", {"objective": "seed", "rounding": "pivotal"}),
-    Variant("seed c=1 topn", "skmm", {"objective": "seed", "rounding": "topn"}),
-    Variant("seed c=1 weighted", "skmm", {"objective": "seed", "rounding": "weighted"}),
+    Variant("diagonal c=1 systematic", "skmm", {"objective": "diagonal"}),
+    Variant("diagonal c=0.5", "skmm", {"objective": "diagonal", "c": 0.5}),
+    Variant("diagonal c=1 pivotal", "skmm", {"objective": "diagonal", "rounding": "pivotal"}),
+    Variant("diagonal c=1 topn", "skmm", {"objective": "diagonal", "rounding": "topn"}),
+    Variant("diagonal c=1 weighted", "skmm", {"objective": "diagonal", "rounding": "weighted"}),
     Variant("aopt m=16", "skmm", {"sketch_dim": 16}),
     Variant("aopt m=32", "skmm", {"sketch_dim": 32}),
     Variant("aopt m=64", "skmm", {"sketch_dim": 64}),
@@ -359,14 +361,6 @@ ABLATION_VARIANTS = (
 )
 
 QUICK_POOL = {"n_rows": 400, "n_features": 480, "n_clusters": 6}
-
-
-@dataclass
-class Report:
-    """What a benchmark run produced: the markdown and the files written."""
-
-    markdown: str
-    files: list[Path]
 
 
 def synthetic_report(

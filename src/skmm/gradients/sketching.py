@@ -3,15 +3,16 @@
 For each batch: per-sample gradients G_b (B × r) of the finetuned parameters, then
 G̃_b = G_b Γ with the same :class:`~skmm.sketch.SketchMap` as :func:`skmm.sketch`, so the
 streamed sketch of a pool equals ``skmm.sketch`` of its explicit gradient matrix. Memory is
-O(B·r + block·m): the N × r matrix never exists. With ``store=``, rows go to an on-disk
-:class:`~skmm.store.SketchStore` shard by shard, and a rerun resumes after the last complete
-shard.
+O(B·r + block·m): the N × r matrix never exists. The sketched rows go to a sink
+(:mod:`skmm.gradients.sinks`): memory, or with ``store=`` an on-disk
+:class:`~skmm.store.SketchStore`, shard by shard, saved also every minute inside a shard, so
+that a rerun resumes where the last run stopped.
 
 Under torchrun the shards are dealt round-robin: in round t, rank p sketches shard
-s₀ + tP + p (s₀: the first shard not yet stored) and writes it to the shared store; rank 0
-lists the round's shards in the manifest. The shards do not depend on P, so the store is
-byte-identical to a single process's, and a rerun with another number of ranks resumes or
-reads it. Without a store, every rank receives every shard.
+s₀ + tP + p (s₀: the first shard not yet stored); the sink stores it (the protocol is in
+:mod:`skmm.gradients.sinks`). The shards do not depend on P, so the store is byte-identical
+to a single process's, and a rerun with another number of ranks resumes or reads it.
+Without a store, every rank receives every shard.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +32,15 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed
-from ..inputs import check_choice, check_positive_int, resolve_device
+from ..inputs import check_choice, check_nonnegative_float, check_positive_int, resolve_device
 from ..memory import check_memory
 from ..progress import progress_bar
 from ..sketch import SKETCH_KINDS, SketchMap, _check_seed
-from ..store import SketchStore, StoreArray, write_shard
+from ..store import SketchStore, StoreArray
 from .batches import Batch, dataset_length, iterate_batches, join_batches
 from .params import resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
+from .sinks import MemorySink, StoreSink
 from .structured import KroneckerSketch
 
 GRADIENT_SKETCH_KINDS = (*SKETCH_KINDS, "kronecker")
@@ -78,6 +81,7 @@ def sketch_gradients(
     device: str | torch.device | None = None,
     store: str | os.PathLike[str] | None = None,
     shard_rows: int = 4096,
+    flush_seconds: float = 60.0,
     per_sample: str = "auto",
     progress: bool | None = None,
     load: bool = True,
@@ -90,7 +94,12 @@ def sketch_gradients(
     Kronecker maps that sketch Linear and Conv2d weight gradients without forming them; other
     features for the same gradients). ``target``: "jacobian", "loss" or "loss_random"
     (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
-    sketch in; the result's features are then read back from it. ``per_sample``: "auto"
+    sketch in; the result's features are then read back from it. Whole shards of
+    ``shard_rows`` rows are saved as they are done, and the rows of an unfinished shard every
+    ``flush_seconds`` (a partial shard that the whole one replaces: the files stay the same),
+    so an interrupted run loses at most that long of work; a rerun says on stderr (unless
+    ``progress=False``) how many rows were stored and where it resumes, or that the store is
+    already complete. ``per_sample``: "auto"
     (one batched backward with hooks when every chosen parameter belongs to a supported
     layer, :mod:`skmm.gradients.hooks`, else vmap), "hooks" (an error when unsupported) or
     "vmap"; both give the same gradients to float32 rounding. Rows are processed in
@@ -109,6 +118,7 @@ def sketch_gradients(
     seed = _check_seed(seed)
     batch_size = check_positive_int(batch_size, "batch_size")
     shard_rows = -(-check_positive_int(shard_rows, "shard_rows") // batch_size) * batch_size
+    flush_seconds = check_nonnegative_float(flush_seconds, "flush_seconds")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(device, next(model.parameters(), None))
@@ -141,50 +151,42 @@ def sketch_gradients(
             "target": target,
             "dtype": "float32",
         }
-        plan = _Plan(data, batch_size, shard_rows, identity)
-        if store is not None:
-            plan.open_store(store)
+        sink: MemorySink | StoreSink = (
+            MemorySink(shard_rows, batch_size)
+            if store is None
+            else StoreSink(store, identity, shard_rows, batch_size, flush_seconds)
+        )
         try:
-            result = _stream(computer, sketch_map, plan, progress)
+            if store is not None and progress is not False and distributed.is_main():
+                _say_where_it_resumes(Path(store), sink)
+            plan = _Plan(data, batch_size, shard_rows, sink.first_shard, sink.stored_rows)
+            metadata = _stream(computer, sketch_map, plan, sink, identity, progress)
         finally:
-            if plan.writer is not None:
-                plan.writer.close()  # a failed run leaves the store free to resume at once
-        if store is None:
-            return result
+            sink.close()  # a failed run leaves the store free to resume at once
+        if isinstance(sink, MemorySink):
+            return GradientSketch(*sink.gather(), metadata)
         return load_gradient_sketch(store) if load else _lazy_gradient_sketch(store)
     finally:
         model.train(was_training)
 
 
 class _Plan:
-    """Which shards remain, which rank sketches each, and the store they go to (rank 0)."""
+    """Which rows remain and which rank sketches each shard.
+
+    :func:`_my_pieces` yields one aligned micro-batch (``batch_size`` rows) at a time, so that
+    a sink can save an unfinished shard as it grows; ``rows_per_shard`` is the store's shard,
+    the unit dealt to the ranks.
+    """
 
     def __init__(
-        self, data: object, batch_size: int, shard_rows: int, identity: dict[str, Any]
+        self, data: object, batch_size: int, rows_per_shard: int, first_shard: int, resume: int
     ) -> None:
         self.data = data
         self.batch_size = batch_size
-        self.shard_rows = shard_rows
-        self.identity = identity
+        self.rows_per_shard = rows_per_shard
         self.rank, self.size = distributed.world()
-        self.writer: SketchStore | None = None
-        self.store: Path | None = None
-        self.first_shard = 0
-        self.rows_done = 0
-        self.complete = False
-
-    def open_store(self, path: str | os.PathLike[str]) -> None:
-        """Create or resume the store on rank 0 (the only rank that touches the manifest)."""
-
-        def open_on_main() -> tuple[int, bool]:
-            self.writer = SketchStore.open_for_writing(
-                path, self.identity, shard_rows=self.shard_rows
-            )
-            return self.writer.rows_done, self.writer.complete
-
-        self.rows_done, self.complete = distributed.run_on_main(open_on_main)
-        self.store = Path(path)
-        self.first_shard = self.rows_done // self.shard_rows
+        self.first_shard = first_shard
+        self.resume = resume  # the first row not stored yet (in shard first_shard)
 
     def my_batches(self) -> Iterator[tuple[int, Batch]]:
         """(global row of its first row, batch) over this rank's shards, in row order.
@@ -192,22 +194,22 @@ class _Plan:
         A map-style dataset is indexed shard by shard (other ranks' rows are never read);
         other sources are read once in full and the rows of other ranks' shards dropped.
         """
-        rows = self.shard_rows
-        first = self.first_shard * rows
+        rows = self.rows_per_shard
         if isinstance(self.data, Dataset) and not isinstance(self.data, IterableDataset):
             length = dataset_length(self.data)
             if length is not None:
                 for shard in itertools.count(self.first_shard + self.rank, self.size):
-                    start = shard * rows
+                    start = max(shard * rows, self.resume)
                     if start >= length:
                         return
                     row = start
-                    for batch in iterate_batches(self.data, self.batch_size, start, start + rows):
+                    stop = shard * rows + rows
+                    for batch in iterate_batches(self.data, self.batch_size, start, stop):
                         yield row, batch
                         row += batch.size
                 return
-        row = first
-        for batch in iterate_batches(self.data, self.batch_size, first):
+        row = self.resume
+        for batch in iterate_batches(self.data, self.batch_size, row):
             offset = 0
             while offset < batch.size:
                 shard_end = (row // rows + 1) * rows
@@ -221,26 +223,17 @@ class _Plan:
                 offset = stop
 
 
-def _my_shards(
+def _my_pieces(
     computer: GradientComputer, sketch_map: SketchMap | KroneckerSketch, plan: _Plan
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """(shard index, sketched rows, integer labels or None) for each of this rank's shards,
-    each yielded as soon as its last row is sketched."""
-    rows = plan.shard_rows
-    features: list[np.ndarray] = []
-    labels: list[np.ndarray | None] = []
+    """(piece index, sketched rows, integer labels or None) for each aligned micro-batch of
+    this rank's shards; piece k holds rows [k·batch_size, (k+1)·batch_size)."""
     for row, part in _micro_batches(plan.my_batches(), plan.batch_size):
         if isinstance(sketch_map, KroneckerSketch):
             sketched = computer.sketched(part, row, sketch_map).float()
         else:
             sketched = sketch_map.apply(computer(part, row)).float()
-        features.append(sketched.cpu().numpy())
-        labels.append(_integer_labels(part.labels))
-        if (row + part.size) % rows == 0:
-            yield row // rows, np.concatenate(features), _joined(labels)
-            features, labels = [], []
-    if features:
-        yield row // rows, np.concatenate(features), _joined(labels)
+        yield row // plan.batch_size, sketched.cpu().numpy(), _integer_labels(part.labels)
 
 
 def _micro_batches(pieces: Iterator[tuple[int, Batch]], size: int) -> Iterator[tuple[int, Batch]]:
@@ -274,67 +267,54 @@ def _micro_batches(pieces: Iterator[tuple[int, Batch]], size: int) -> Iterator[t
         yield first, join_batches(pending)
 
 
-def _joined(labels: list[np.ndarray | None]) -> np.ndarray | None:
-    """The labels of a shard's parts, or None unless every part has them."""
-    if not labels or any(part is None for part in labels):
-        return None
-    return np.concatenate(labels)
-
-
 def _stream(
     computer: GradientComputer,
     sketch_map: SketchMap | KroneckerSketch,
     plan: _Plan,
+    sink: MemorySink | StoreSink,
+    identity: dict[str, Any],
     progress: bool | None,
-) -> GradientSketch | None:
-    """Gradients → sketch, shard by shard and round by round, into memory or the store.
+) -> dict[str, Any]:
+    """Gradients → sketch, piece by piece and round by round, into ``sink``; the metadata.
 
-    Each round every rank sketches at most one shard and all ranks exchange what they did;
-    rank 0 lists the stored shards. Returns the in-memory sketch, or None with a store.
+    Each round every rank finishes at most one shard and all ranks exchange what they did.
     """
     n_rows = dataset_length(plan.data)
-    skip = plan.first_shard * plan.shard_rows
-    kept: list[tuple[int, np.ndarray, np.ndarray | None]] = []
-    row_counts: list[int] = []
-    shards = iter(()) if plan.complete else _my_shards(computer, sketch_map, plan)
+    pieces = iter(()) if sink.complete else _my_pieces(computer, sketch_map, plan)
+    total = sink.stored_rows if sink.complete else plan.first_shard * plan.rows_per_shard
     show = progress if plan.rank == 0 else False
     with progress_bar(n_rows, "sketch gradients", show, unit="example") as bar:
-        bar.update(skip)
-        while not plan.complete:
-            item = next(shards, None)
-            done: dict[str, Any] | None = None
-            if item is not None:
-                index, features, labels = item
-                if plan.store is None:
-                    kept.append(item)
-                    done = {"index": index, "rows": int(features.shape[0])}
-                else:
-                    start = index * plan.shard_rows
-                    done = write_shard(plan.store, index, start, features, labels)
-            round_done = [entry for entry in distributed.all_gather_object(done) if entry]
-            if plan.writer is not None:
-                plan.writer.add_shards(sorted(round_done, key=lambda entry: entry["index"]))
-            row_counts.extend(entry["rows"] for entry in round_done)
-            bar.update(sum(entry["rows"] for entry in round_done))
+        bar.update(total)
+        while not sink.complete:
+            round_done = sink.exchange(sink.next_shard(pieces))
+            rows = sum(entry["rows"] for entry in round_done)
+            total += rows
+            bar.update(rows)
             if len(round_done) < plan.size:
                 break
-    total = plan.rows_done if plan.complete else skip + sum(row_counts)
     if total == 0:
         raise ValueError("data yielded no rows")
-    if n_rows is not None and not plan.complete and total != n_rows:
+    if n_rows is not None and not sink.complete and total != n_rows:
         raise ValueError(f"data yielded {total} rows but reports a length of {n_rows}")
-    metadata = {**plan.identity, "n_rows": total, "per_sample": computer.engine}
-    if plan.store is not None:
-        if not plan.complete:
-            distributed.run_on_main(lambda: plan.writer.finish(metadata))
-        return None
-    gathered = sorted(
-        (item for part in distributed.all_gather_object(kept) for item in part),
-        key=lambda item: item[0],
-    )
-    features = np.concatenate([item[1] for item in gathered])
-    labels = _joined([item[2] for item in gathered])
-    return GradientSketch(features, labels, metadata)
+    metadata = {**identity, "n_rows": total, "per_sample": computer.engine}
+    sink.finish(metadata)
+    return metadata
+
+
+def _say_where_it_resumes(path: Path, sink: StoreSink) -> None:
+    """One line on stderr when a store already holds rows: how many, and what happens now."""
+    if sink.complete:
+        sys.stderr.write(
+            f"skmm: store {path} is already complete ({sink.stored_rows} rows): "
+            "nothing to sketch, reading it\n"
+        )
+    elif sink.stored_rows:
+        partial = sink.stored_rows - sink.first_shard * sink.shard_rows
+        sys.stderr.write(
+            f"skmm: store {path} already holds {sink.stored_rows} rows ({sink.first_shard} "
+            f"whole shard(s) of {sink.shard_rows}{f', {partial} of the next' if partial else ''}"
+            f"); resuming at row {sink.stored_rows}\n"
+        )
 
 
 def load_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:

@@ -72,23 +72,28 @@ class Selector:
 
     @classmethod
     def param_names(cls) -> list[str]:
-        """Names of the constructor's parameters (the method's options, plus ``n``)."""
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if "__init__" not in vars(klass):
-                continue
-            for param in inspect.signature(klass.__init__).parameters.values():
-                if param.name != "self" and param.kind not in (
-                    param.VAR_KEYWORD,
-                    param.VAR_POSITIONAL,
-                ):
-                    if param.name not in names:
-                        names.append(param.name)
-        return names
+        """Names of the constructor's parameters (the method's options, plus ``n``).
+
+        Read from ``__init__`` alone: as in scikit-learn, every method's constructor lists
+        all of its options, the common ones included, explicitly.
+        """
+        return [
+            param.name
+            for param in inspect.signature(cls.__init__).parameters.values()
+            if param.name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+        ]
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters as set."""
         return {name: getattr(self, name) for name in self.param_names()}
+
+    def _resolved_options(self) -> dict[str, Any]:
+        """What options as set stand for where the options alone decide it (a None default's
+        value, an alias's name), recorded in ``info["params"]`` so that a selection says what
+        ran. Called after :meth:`_check_params`; default: nothing. Defaults computed from the
+        data (a leverage ``k``, a ridge or bandwidth from the pool) stay None there, and
+        the method reports the values it used in ``info``."""
+        return {}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -198,7 +203,11 @@ class Selector:
             "n_features": matrix.n_cols,
             "random_state": seed,
             "device": str(matrix.device),
-            "params": {k: v for k, v in self.get_params().items() if k != "random_state"},
+            "params": {
+                k: v
+                for k, v in {**self.get_params(), **self._resolved_options()}.items()
+                if k != "random_state"
+            },
             **info,
             "timings": timings,
         }

@@ -93,7 +93,7 @@ def intrinsic_rank(eigenvalues: np.ndarray, total: float, n_rows: int) -> int:
     """r̄ = min{t : total − Σ_{j≤t} λ_j ≤ total/N} (``len(eigenvalues)`` if never reached).
 
     ``eigenvalues`` are the top eigenvalues of XᵀX in descending order, ``total`` = tr(XᵀX);
-    this is DESIGN.md's intrinsic dimension, computable from a truncated spectrum.
+    this is the intrinsic dimension of docs/design.md §1, computable from a truncated spectrum.
     """
     if total <= 0 or eigenvalues.size == 0:
         return 0

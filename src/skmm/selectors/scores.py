@@ -337,6 +337,10 @@ class DataDietSelector(ProbeScoreSelector):
                     f"{self.epochs}); use 1 <= score_epoch <= epochs"
                 )
 
+    def _resolved_options(self) -> dict[str, Any]:
+        """``score_epoch`` None: scored after the last epoch."""
+        return {"score_epoch": self.epochs} if self.score_epoch is None else {}
+
     def _score(
         self, features: torch.Tensor, labels: torch.Tensor, n_classes: int, seed: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -6,21 +6,22 @@
    - matrix moment matching (``objective="logdet"`` or ``"aopt"``, :mod:`skmm.design`): on the
      top-k directions, whitened so the pool's moment is I, pick rows greedily to maximize
      log det of the coreset's moment (or minimize tr of its inverse);
-   - the seed's diagonal objective (``objective="seed"``, :mod:`skmm.moments`):
+   - the paper's diagonal objective (``objective="diagonal"``, :mod:`skmm.moments`):
      min_{s ∈ [0,1/n]^N, Σs=1} Σ_j (λ_j/c − (Pᵀs)_j)_+² with P_ij = (v_jᵀ g̃_i)², solved by
      accelerated projected gradient from s = 1/n on n uniform rows, then rounded to exactly
      n rows by a fixed-size design with inclusion probabilities n·s_i (:mod:`skmm.rounding`).
 
-Every stage is row-separable (DESIGN.md §6): under torchrun each rank sketches, whitens and
+Every stage is row-separable (docs/distributed.md): under torchrun each rank sketches, whitens and
 scores its own rows (:mod:`skmm.rows`), and the covariance, the greedy's picks and the
 solver's sums are reduced across ranks, giving the single process's selection. A
 memory-mapped pool or sketch store is streamed chunk by chunk and never loaded whole; the
-seed objective's rounding gathers the N weights s (N floats) and draws on every rank.
+diagonal objective's rounding gathers the N weights s (N floats) and draws on every rank.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,10 @@ from ..spectrum import UNSKETCHED_MAX_COLUMNS, Spectrum, spectrum
 from .base import MethodOutput, Selector, register
 
 SKMM_SKETCHES = (*SKETCH_KINDS, "none")
-OBJECTIVES = ("seed", *CRITERIA)
+OBJECTIVES = ("diagonal", *CRITERIA)
+OBJECTIVE_ALIASES = {"seed": "diagonal"}  # the diagonal objective's former name
 DIRECTION_RULES = ("auto", "gap")
-SEED_DEFAULTS = {"c": 1.0, "rounding": "systematic", "max_iter": 1000, "tol": 1e-4}
+DIAGONAL_DEFAULTS = {"c": 1.0, "rounding": "systematic", "max_iter": 1000, "tol": 1e-4}
 MATRIX_DEFAULTS = {"directions": "auto", "ridge": 1e-6}
 
 
@@ -55,8 +57,9 @@ class SkMM(Selector):
     Options beyond the common ones: ``sketch_dim`` (m), ``sketch`` ("gaussian",
     "sparse_sign" or "none"), ``batch_size`` (rows per sketching batch) and ``objective``:
     "aopt" (default) or "logdet" (matrix moment matching on the top ``directions`` whitened
-    directions, with ``ridge`` ε), or "seed" (the seed's diagonal objective, with ``c``,
-    ``rounding``, ``max_iter`` and ``tol``). Options of the other objective are refused.
+    directions, with ``ridge`` ε), or "diagonal" (the paper's diagonal objective, with
+    ``c``, ``rounding``, ``max_iter`` and ``tol``; "seed" is its deprecated former name).
+    Options of the other objective are refused.
     """
 
     name = "skmm"
@@ -95,31 +98,51 @@ class SkMM(Selector):
         self.tol = tol
         self.batch_size = batch_size
 
+    def _objective(self) -> str:
+        """The objective's name, an alias resolved."""
+        if isinstance(self.objective, str):
+            return OBJECTIVE_ALIASES.get(self.objective, self.objective)
+        return self.objective
+
+    def _defaults(self) -> dict[str, Any]:
+        """The chosen objective's options and their defaults."""
+        return DIAGONAL_DEFAULTS if self._objective() == "diagonal" else MATRIX_DEFAULTS
+
     def _option(self, name: str) -> Any:
         """The option's value, or its default for the chosen objective."""
         value = getattr(self, name)
-        if value is not None:
-            return value
-        return {**SEED_DEFAULTS, **MATRIX_DEFAULTS}[name]
+        return self._defaults()[name] if value is None else value
+
+    def _resolved_options(self) -> dict[str, Any]:
+        """The objective's canonical name and its options' defaults where left at None."""
+        unset = {
+            name: value for name, value in self._defaults().items() if getattr(self, name) is None
+        }
+        return {"objective": self._objective(), **unset}
 
     def _check_params(self, n_pool: int, n_cols: int) -> None:
         check_positive_int(self.sketch_dim, "sketch_dim")
         check_choice(self.sketch, "sketch", SKMM_SKETCHES)
-        check_choice(self.objective, "objective", OBJECTIVES)
+        if self._objective() != self.objective:
+            warnings.warn(
+                f"objective={self.objective!r} is renamed {self._objective()!r}; "
+                f"use objective={self._objective()!r} (the old name will be removed)",
+                FutureWarning,
+                stacklevel=4,
+            )
+        else:
+            check_choice(self.objective, "objective", OBJECTIVES)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
-        own, other = (
-            (SEED_DEFAULTS, MATRIX_DEFAULTS)
-            if self.objective == "seed"
-            else (MATRIX_DEFAULTS, SEED_DEFAULTS)
-        )
+        own = self._defaults()
+        other = MATRIX_DEFAULTS if own is DIAGONAL_DEFAULTS else DIAGONAL_DEFAULTS
         misplaced = [name for name in other if getattr(self, name) is not None]
         if misplaced:
             raise ValueError(
                 f"option(s) {', '.join(misplaced)} do not apply to objective="
-                f"{self.objective!r}; its options are: {', '.join(own)}"
+                f"{self._objective()!r}; its options are: {', '.join(own)}"
             )
-        if self.objective == "seed":
+        if self._objective() == "diagonal":
             check_positive_float(self._option("c"), "c")
             check_choice(self._option("rounding"), "rounding", ROUNDINGS)
             check_positive_int(self._option("max_iter"), "max_iter")
@@ -184,7 +207,7 @@ class SkMM(Selector):
         rank = spec.effective_rank()
         timings = {"spectrum": time.perf_counter() - began}
         diagnostics: dict[str, Any] = {
-            "objective_kind": self.objective,
+            "objective_kind": self._objective(),
             "intrinsic_dimension": spec.intrinsic_dimension(),
             "effective_rank": rank,
             "eigenvalues": spec.eigenvalues[:64].tolist(),
@@ -196,9 +219,9 @@ class SkMM(Selector):
                 else "all features are zero: no direction to match, rows drawn uniformly"
             )
             indices = np.sort(numpy_rng(seed, "rounding").choice(pool, size=n, replace=False))
-            weights = np.full(n, 1.0 / n) if self.objective == "seed" else None
+            weights = np.full(n, 1.0 / n) if self._objective() == "diagonal" else None
             return MethodOutput(indices, weights, {**diagnostics, "timings": timings})
-        if self.objective == "seed":
+        if self._objective() == "diagonal":
             output = self._match_diagonal(data, spec, rank, n, seed)
         else:
             output = self._match_matrix(data, spec, n)
@@ -215,7 +238,7 @@ class SkMM(Selector):
         choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
         whitened = WhitenedRows(data, spec, choice.k, keep=data.in_memory)
         result = greedy_design(
-            whitened, n, self.objective, self._option("ridge"), progress=self.progress
+            whitened, n, self._objective(), self._option("ridge"), progress=self.progress
         )
         gammas = torch.linalg.eigvalsh(result.points.T @ result.points / n).cpu().numpy()
         smallest = float(gammas[0])
@@ -233,7 +256,7 @@ class SkMM(Selector):
     def _match_diagonal(
         self, data: PoolRows, spec: Spectrum, rank: int, n: int, seed: int
     ) -> MethodOutput:
-        """The seed's objective, solved on the capped simplex and rounded (:mod:`skmm.moments`).
+        """The diagonal objective, solved on the capped simplex and rounded (:mod:`skmm.moments`).
 
         The solver runs on this rank's rows of P; the weights are gathered for the rounding.
         """

@@ -1,0 +1,168 @@
+"""Reports of the benchmarks: the report type, and the real benchmark's tables and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_write
+from .journal import RealRun
+
+
+@dataclass
+class Report:
+    """What a benchmark run produced: the markdown and the files written."""
+
+    markdown: str
+    files: list[Path]
+
+
+@dataclass
+class RealSummary:
+    """Mean ± std over seeds of one (protocol, method, n)."""
+
+    protocol: str
+    method: str
+    n: int
+    accuracy_mean: float
+    accuracy_std: float
+    macro_f1_mean: float
+    macro_f1_std: float
+    select_seconds: float
+    seeds: int
+
+
+def summarize_real(runs: Sequence[RealRun]) -> list[RealSummary]:
+    """Group runs by (protocol, method, n) in first-seen order."""
+    groups: dict[tuple[str, str, int], list[RealRun]] = {}
+    for run in runs:
+        groups.setdefault((run.protocol, run.method, run.n), []).append(run)
+    out = []
+    for (protocol, method, n), group in groups.items():
+        accuracy = np.array([r.accuracy for r in group])
+        f1 = np.array([r.macro_f1 for r in group])
+        out.append(
+            RealSummary(
+                protocol,
+                method,
+                n,
+                float(accuracy.mean()),
+                float(accuracy.std()),
+                float(f1.mean()),
+                float(f1.std()),
+                float(np.mean([r.select_seconds for r in group])),
+                len(group),
+            )
+        )
+    return out
+
+
+def real_markdown(summaries: Sequence[RealSummary]) -> str:
+    """One accuracy and one macro-F1 table per protocol (mean ± std; best mean in bold)."""
+    lines: list[str] = []
+    for protocol in dict.fromkeys(s.protocol for s in summaries):
+        rows = [s for s in summaries if s.protocol == protocol]
+        budgets = sorted({s.n for s in rows})
+        methods = list(dict.fromkeys(s.method for s in rows))
+        cell = {(s.method, s.n): s for s in rows}
+        most_seeds = max(s.seeds for s in rows)
+        for metric in ("accuracy", "macro_f1"):
+            best = {n: max(getattr(s, f"{metric}_mean") for s in rows if s.n == n) for n in budgets}
+            lines += [
+                f"**{protocol}: {metric.replace('_', '-')} on the test split (mean ± std)**",
+                "",
+                "| method | " + " | ".join(f"n={n}" for n in budgets) + " |",
+                "|---|" + "---|" * len(budgets),
+            ]
+            for method in methods:
+                cells = []
+                for n in budgets:
+                    summary = cell.get((method, n))
+                    if summary is None:  # not run (yet) in this journal
+                        cells.append("—")
+                        continue
+                    mean = getattr(summary, f"{metric}_mean")
+                    text = f"{mean:.3f} ± {getattr(summary, f'{metric}_std'):.3f}"
+                    if summary.seeds < most_seeds:
+                        text += f" ({summary.seeds} seeds)"
+                    cells.append(f"**{text}**" if mean == best[n] else text)
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
+    """Accuracy against n (log scale) per protocol, ±1 std shaded; PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = list(dict.fromkeys(s.protocol for s in summaries))
+    methods = list(dict.fromkeys(s.method for s in summaries))
+    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    styles = {
+        m: ("-", "--", ":")[i // 10 % 3] if len(methods) > 10 else "-"
+        for i, m in enumerate(methods)
+    }
+    figure, axes = plt.subplots(
+        1, len(protocols), figsize=(6 * len(protocols) + 2.5, 4.5), squeeze=False
+    )
+    for axis, protocol in zip(axes[0], protocols, strict=True):
+        rows = [s for s in summaries if s.protocol == protocol]
+        for method in dict.fromkeys(s.method for s in rows):
+            points = sorted(
+                (s.n, s.accuracy_mean, s.accuracy_std) for s in rows if s.method == method
+            )
+            n, mean, std = (np.array(column) for column in zip(*points, strict=True))
+            width = 2.8 if method == "skmm" else 1.2
+            axis.plot(
+                n,
+                mean,
+                marker="o",
+                linewidth=width,
+                linestyle=styles[method],
+                color="black" if method == "skmm" else colors[method],
+                label=method,
+            )
+            axis.fill_between(n, mean - std, mean + std, alpha=0.1, color=colors[method])
+        axis.set_xscale("log")
+        axis.set_xlabel("coreset size n")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(f"{title}: {protocol}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="center right", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1 - 2.3 / figure.get_figwidth(), 1))
+    with atomic_write(path) as stream:
+        figure.savefig(stream, format="png", dpi=110)
+    plt.close(figure)
+
+
+def training_line(settings: dict[str, Any]) -> str:
+    """How the models were trained, from the journal's settings."""
+    penalties = settings.get("penalties")
+    line = ""
+    if penalties:
+        chosen = ", ".join(f"n = {n}: {penalty:g}" for n, penalty in penalties.items())
+        line = f" Linear probe L2 penalty, tuned on the pool: {chosen}."
+    return line + _hyper_line(settings.get("finetune"), settings.get("tuning"))
+
+
+def _hyper_line(hyper: dict[str, Any] | None, tuning: dict[str, Any] | None) -> str:
+    if hyper is None:
+        return ""
+    line = (
+        f" Finetuning: AdamW, {hyper['steps']} steps of {hyper['batch_size']}, lr "
+        f"{hyper['lr_body']:.1e} (layers) / {hyper['lr_head']:.1e} (head)"
+    )
+    if tuning is None:
+        return line + ", the task's defaults (not tuned)."
+    scored = ", ".join(f"×{s}: {a:.3f}" for s, a in tuning["validation_accuracy"].items())
+    return (
+        line + f", tuned on the pool (uniform n = {tuning['budget']}, validation accuracy "
+        f"{scored})."
+    )
