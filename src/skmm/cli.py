@@ -19,10 +19,9 @@ from typing import Any
 from . import __version__
 from .api import get_method, methods, select
 from .distributed import is_main
-from .inputs import MissingDependencyError
+from .inputs import MissingDependencyError, open_features
 from .io import load_array
 from .selection import Selection
-from .store import SketchStore, is_store
 
 EXIT_INPUT_ERROR = 2
 
@@ -198,14 +197,7 @@ def _select_command(args: argparse.Namespace) -> int:
     options.update({k: v for k, v in named.items() if v is not None})
     if not args.quiet:
         options.setdefault("progress", None)
-    labels = None
-    if is_store(args.features):
-        stored = SketchStore.open(args.features, verify=False)
-        features = stored.array()
-        if args.stratify or get_method(args.method).requires_labels:
-            labels = stored.labels()
-    else:
-        features = load_array(args.features, args.key)
+    features, labels = open_features(args.features, args.key)
     if args.labels:
         labels = load_array(args.labels, args.labels_key, mmap=False)
     elif args.stratify and labels is None:

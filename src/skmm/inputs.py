@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .store import StoreArray
+from .io import load_array
+from .store import SketchStore, StoreArray, is_store
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 SMALLEST_SCALE = 1e-12
@@ -276,10 +280,17 @@ def as_feature_matrix(
         problem = _numpy_dtype_problem(source.dtype)
         if problem:
             raise TypeError(f"{name} must hold real numbers, got {problem} values")
+    elif type(features).__module__.split(".")[0] == "datasets":
+        raise TypeError(
+            f"{name} is a Hugging Face {type(features).__name__}: it holds examples, not "
+            "features; sketch their gradients first, result = skmm.sketch_gradients(model, "
+            "dataset), and select on the result"
+        )
     else:
         raise TypeError(
-            f"{name} must be a numpy array, numpy memmap or torch tensor, "
-            f"got {type(features).__name__}"
+            f"{name} must be a numpy array, numpy memmap, torch tensor, a path to an array "
+            "file (.npy, .npz, .safetensors) or a sketch store, a SketchStore or the "
+            f"GradientSketch of sketch_gradients; got {type(features).__name__}"
         )
     if source.ndim != 2:
         raise ValueError(
@@ -309,6 +320,49 @@ def as_feature_matrix(
                 "scale)"
             )
     return matrix
+
+
+def open_features(source: object, key: str | None = None) -> tuple[object, np.ndarray | None]:
+    """The (N, r) matrix ``source`` stands for, and the labels it carries (or None).
+
+    A path names a ``skmm sketch`` store (its rows read lazily, each shard's checksum checked
+    on first read) or an array file (.npy memory-mapped, .npz, .safetensors; ``key`` names
+    the array); a :class:`~skmm.store.SketchStore` or the
+    :class:`~skmm.gradients.GradientSketch` that ``sketch_gradients`` returns gives its
+    features and labels; anything else is returned as it is, without labels.
+    """
+    if isinstance(source, (np.ndarray, torch.Tensor, StoreArray)):
+        return _no_key(source, key), None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if is_store(path):
+            _no_key(path, key)
+            source = SketchStore.open(path, verify=False)
+        elif path.is_dir():
+            raise ValueError(
+                f"{path} is a directory but not a sketch store (it holds no manifest.json); "
+                "pass a store written by `skmm sketch` / sketch_gradients(store=...), or an "
+                "array file (.npy, .npz, .safetensors)"
+            )
+        else:
+            return load_array(path, key), None
+    if isinstance(source, SketchStore):
+        return _no_key(source.features, key), source.labels
+    sketching = sys.modules.get("skmm.gradients.sketching")
+    if sketching is not None and isinstance(source, sketching.GradientSketch):
+        return _no_key(source.features, key), source.labels
+    return _no_key(source, key), None
+
+
+def _no_key(source: object, key: str | None) -> object:
+    """``source``, or an error when a key was given for something that holds one array."""
+    if key is not None:
+        what = source if isinstance(source, Path) else type(source).__name__
+        raise ValueError(
+            f"key {key!r} names an array inside an .npz or .safetensors file; {what} holds "
+            "one matrix"
+        )
+    return source
 
 
 def check_labels(labels: object, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -267,7 +267,8 @@ def default_batch_rows(features: FeatureMatrix, sketch_dim: int) -> int:
         views = source.dtype == features.compute_dtype and source.device == features.device
     else:
         views = (
-            not isinstance(source, np.memmap)
+            isinstance(source, np.ndarray)  # not a memmap or a store's StoreArray
+            and not isinstance(source, np.memmap)
             and source.flags.writeable
             and source.dtype == torch.empty((), dtype=features.compute_dtype).numpy().dtype
             and features.device.type == "cpu"

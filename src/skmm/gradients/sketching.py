@@ -318,13 +318,13 @@ def _stream(
 def load_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
     """Read a complete store back (checksums verified) as a :class:`GradientSketch`."""
     opened = SketchStore.open(Path(path))
-    return GradientSketch(opened.features(), opened.labels(), dict(opened.metadata))
+    return GradientSketch(opened.load_features(), opened.labels, dict(opened.metadata))
 
 
 def _lazy_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
     """A complete store as a :class:`GradientSketch` whose features are read on demand."""
     opened = SketchStore.open(Path(path), verify=False)
-    return GradientSketch(opened.array(), opened.labels(), dict(opened.metadata))
+    return GradientSketch(opened.features, opened.labels, dict(opened.metadata))
 
 
 def _sketch_rows(sketch_map: SketchMap, rows: torch.Tensor, start: int) -> torch.Tensor:

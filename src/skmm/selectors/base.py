@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels
+from ..inputs import (
+    FeatureMatrix,
+    as_feature_matrix,
+    check_budget,
+    check_labels,
+    open_features,
+)
 from ..memory import check_memory
 from ..seeding import derive_seed, resolve_seed
 from ..selection import Selection
@@ -141,9 +147,15 @@ class Selector:
     def fit(self, features: object, labels: object = None) -> Selector:
         """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``.
 
+        ``features`` may also be a path (an array file or a sketch store), a
+        :class:`~skmm.store.SketchStore` or a :class:`~skmm.gradients.GradientSketch`
+        (:func:`~skmm.inputs.open_features`); their labels are used when ``labels`` is None.
         Under torchrun, every rank passes the same ``features`` (e.g. the same memory-mapped
         file or sketch store) and gets the same selection.
         """
+        features, carried = open_features(features)
+        if labels is None:
+            labels = carried
         size = distributed.world()[1]
         if size > 1 and not self.row_separable:
             self.selection_ = distributed.run_on_main(lambda: self._fit(features, labels, 1))
