@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed
 from ..inputs import check_choice, check_positive_int, resolve_device
@@ -35,7 +34,7 @@ from ..memory import check_memory
 from ..progress import progress_bar
 from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
 from ..store import SketchStore, StoreArray, write_shard
-from .batches import Batch, dataset_length, iterate_batches
+from .batches import Batch, as_batch_source, dataset_length, is_map_style, iterate_batches
 from .params import resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
 from .structured import KroneckerSketch
@@ -84,22 +83,23 @@ def sketch_gradients(
 ) -> GradientSketch:
     """Sketched per-sample gradients G̃ = GΓ (N × m) of ``params`` of ``model`` over ``data``.
 
-    ``data``: a torch Dataset, a DataLoader (not shuffling) or an iterable of batches
-    (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the maps of
-    :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
+    ``data``: a torch Dataset, a Hugging Face ``datasets.Dataset`` (its label column the labels,
+    the numeric columns the model takes its inputs), a DataLoader (not shuffling) or an iterable
+    of batches (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the
+    maps of :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
     Kronecker maps that sketch Linear and Conv2d weight gradients without forming them; other
     features for the same gradients). ``target``: "jacobian", "loss" or "loss_random"
-    (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
-    sketch in; the result's features are then read back from it. ``per_sample``: "auto"
-    (one batched backward with hooks when every chosen parameter belongs to a supported
-    layer, :mod:`skmm.gradients.hooks`, else vmap), "hooks" (an error when unsupported) or
-    "vmap"; both give the same gradients to float32 rounding. Rows are processed in
-    micro-batches that start at multiples of ``batch_size`` and shards hold a multiple of it
-    (``shard_rows`` is rounded up), so the same request gives bit-identical results with or
-    without a store, interrupted or not, on one process or several ranks; another
-    ``batch_size`` agrees to float32 rounding. ``load=False`` (with a store) returns the
-    features as the store's lazily read :class:`~skmm.store.StoreArray`, for pools larger
-    than memory.
+    (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the sketch
+    in; the result's features are then read back from it. ``per_sample``: "auto" (one batched
+    backward with hooks when every chosen parameter belongs to a supported layer,
+    :mod:`skmm.gradients.hooks`, else vmap), "hooks" (an error when unsupported) or "vmap"; both
+    give the same gradients to float32 rounding. Rows are processed in micro-batches that start
+    at multiples of ``batch_size`` and shards hold a multiple of it (``shard_rows`` is rounded
+    up), so the same request gives bit-identical results with or without a store, interrupted or
+    not, on one process or several ranks; another ``batch_size`` agrees to float32 rounding.
+    ``load=False`` (with a store) returns the features as the store's lazily read
+    :class:`~skmm.store.StoreArray`, for pools larger than memory. The chosen parameter names
+    and their count are printed to stderr unless ``progress=False``.
     """
     distributed.world()
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
@@ -112,6 +112,7 @@ def sketch_gradients(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(device, next(model.parameters(), None))
+    data = as_batch_source(data, model, batch_size)
     n_rows = dataset_length(data)
     if n_rows is not None:
         check_memory(
@@ -194,7 +195,7 @@ class _Plan:
         """
         rows = self.shard_rows
         first = self.first_shard * rows
-        if isinstance(self.data, Dataset) and not isinstance(self.data, IterableDataset):
+        if is_map_style(self.data):
             length = dataset_length(self.data)
             if length is not None:
                 for shard in itertools.count(self.first_shard + self.rank, self.size):
