@@ -31,11 +31,11 @@ from torch import nn
 from .. import distributed
 from ..inputs import check_choice, check_positive_int, resolve_device
 from ..memory import check_memory
-from ..progress import progress_bar
+from ..progress import log, progress_bar
 from ..sketch import SKETCH_KINDS, TILE_ROWS, SketchMap, _check_seed
 from ..store import SketchStore, StoreArray, write_shard
 from .batches import Batch, as_batch_source, dataset_length, is_map_style, iterate_batches
-from .params import resolve_params
+from .params import describe_params, resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
 from .structured import KroneckerSketch
 
@@ -121,6 +121,9 @@ def sketch_gradients(
             "use a smaller sketch_dim (selecting reads the whole sketch)",
         )
     chosen = resolve_params(model, params)
+    if progress is not False and distributed.is_main():
+        count = sum(p.numel() for _, p in chosen)
+        log(f"gradients of {describe_params(model, [n for n, _ in chosen])} (r = {count:,})")
     was_training = model.training
     try:
         computer = GradientComputer(model, chosen, target, seed, device, per_sample)
