@@ -58,7 +58,7 @@ def test_select_takes_a_store_path_a_store_and_a_gradient_sketch(tmp_path):
 
 def test_open_features_refuses_what_it_cannot_read(tmp_path, features):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="not a sketch store"):
+    with pytest.raises(ValueError, match="is a directory, not an array file or a sketch store"):
         open_features(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no such file"):
         skmm.select(str(tmp_path / "missing.npy"), 3)

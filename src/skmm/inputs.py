@@ -340,7 +340,8 @@ def open_features(source: object, key: str | None = None) -> tuple[object, np.nd
             source = SketchStore.open(path, verify=False)
         elif path.is_dir():
             raise ValueError(
-                f"{path} is a directory but not a sketch store (it holds no manifest.json); "
+                f"{path} is a directory, not an array file or a sketch store (it holds no "
+                "manifest.json); "
                 "pass a store written by `skmm sketch` / sketch_gradients(store=...), or an "
                 "array file (.npy, .npz, .safetensors)"
             )

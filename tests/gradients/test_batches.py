@@ -202,3 +202,9 @@ def test_skmms_own_vmap_check_raises_no_performance_warning(recwarn):
     )
     assert result.metadata["per_sample"] == "hooks"
     assert not [w for w in recwarn if "performance drop" in str(w.message)]
+
+
+def test_a_bare_array_or_tensor_is_refused_with_the_dataset_that_works():
+    for data in (np.zeros((6, 12), dtype=np.float32), torch.zeros(6, 12)):
+        with pytest.raises(TypeError, match=r"TensorDataset\(torch.as_tensor\(inputs\)"):
+            skmm.sketch_gradients(small_model(), data, sketch_dim=4, progress=False)

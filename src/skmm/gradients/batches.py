@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
@@ -131,6 +132,12 @@ class HuggingFaceStream:
 def as_batch_source(data: object, model: nn.Module, batch_size: int) -> object:
     """``data`` ready for :func:`iterate_batches`: a Hugging Face dataset wrapped to be read in
     batches of rows (keeping the columns ``model`` takes), anything else unchanged."""
+    if isinstance(data, (torch.Tensor, np.ndarray)) or hasattr(data, "iloc"):
+        raise TypeError(
+            f"data is a {type(data).__name__} of inputs; wrap it in a dataset, "
+            "rows: torch.utils.data.TensorDataset(torch.as_tensor(inputs), "
+            "torch.as_tensor(labels)), or without labels TensorDataset(torch.as_tensor(inputs))"
+        )
     kind = _hugging_face_kind(data)
     if kind is None:
         return data
