@@ -232,31 +232,15 @@ def labeled_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("word", "stratified"),
-    [("true", True), ("YES", True), ("1", True), ("false", False), ("no", False)],
+    ("word", "stratified"), [("true", True), ("YES", True), ("1", True), ("no", False)]
 )
-def test_stratify_takes_true_false_words(labeled_files, word, stratified):
+def test_stratify_takes_true_false_words(labeled_files, capsys, word, stratified):
     features, labels = labeled_files
-    done = run_cli(
-        "select",
-        features,
-        "--n",
-        "10",
-        "--seed",
-        "0",
-        "--labels",
-        labels,
-        "--stratify",
-        word,
-        "--sketch-dim",
-        "8",
-    )
-    assert done.returncode == 0, done.stderr
-    picked = [int(line) for line in done.stdout.split()]  # stdout: the indices alone
-    assert len(set(picked)) == 10
-    if stratified:
-        counts = np.bincount(np.repeat([0, 1, 2], [120, 60, 20])[picked], minlength=3)
-        assert counts.tolist() == [6, 3, 1]
+    args = ["select", str(features), "--n", "10", "--seed", "0", "--labels", str(labels)]
+    assert main([*args, "--stratify", word, "--sketch-dim", "8", "--quiet"]) == 0
+    picked = [int(line) for line in capsys.readouterr().out.split()]
+    counts = np.bincount(np.repeat([0, 1, 2], [120, 60, 20])[picked], minlength=3)
+    assert len(set(picked)) == 10 and (counts.tolist() == [6, 3, 1]) == stratified
 
 
 def test_the_summary_goes_to_stderr_and_the_picture_to_a_png(labeled_files, tmp_path):

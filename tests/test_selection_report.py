@@ -51,8 +51,13 @@ def test_the_summary_reports_classes_directions_c_s_and_timings():
 
 def test_a_left_out_class_and_few_directions_are_warned_about():
     features, labels = clusters(classes=6)
-    with pytest.warns(SelectionWarning, match=r"of 6 labeled classes got no rows.*stratify=True"):
+    with pytest.warns(SelectionWarning, match=r"of 6 labeled classes got no rows.*at least 6"):
         skmm.select(features, 3, "uniform", labels=labels, random_state=0)
+    labels[labels == 5] = 4
+    labels[0] = 5  # a class of one row
+    left_out = r"of 6 labeled classes got no rows.*\(.*5\); pass stratify=True"
+    with pytest.warns(SelectionWarning, match=left_out):
+        skmm.select(features, 10, "uniform", labels=labels, random_state=0)
     two_clusters, _ = clusters(classes=2)
     with pytest.warns(SelectionWarning, match=r"SkMM matched only [12] direction"):
         selection = skmm.select(two_clusters, 10, random_state=0, directions="gap")
@@ -91,7 +96,7 @@ def test_random_state_used_says_when_the_seed_changed_nothing():
 
 
 def test_sampler_draws_rows_of_the_subset_by_weight():
-    features, labels = clusters()
+    features, labels = clusters(rows=200)
     selection = skmm.select(features, 30, "craig", labels=labels, random_state=0)
     assert selection.weights is not None
     sampler = selection.sampler(num_samples=20_000, seed=0)
@@ -103,7 +108,7 @@ def test_sampler_draws_rows_of_the_subset_by_weight():
 
 def test_a_weight_column_carries_the_weights_into_a_hugging_face_subset():
     datasets = pytest.importorskip("datasets")
-    features, labels = clusters()
+    features, labels = clusters(rows=200)
     data = datasets.Dataset.from_dict({"x": features.tolist(), "label": labels.tolist()})
     selection = skmm.select(features, 30, "craig", labels=labels, random_state=0)
     subset = selection.subset(data, weight_column="weight")
@@ -137,7 +142,7 @@ def test_the_picture_without_matplotlib_says_what_to_install(monkeypatch):
 
 
 def test_a_torch_loader_trains_with_the_sampler():
-    features, labels = clusters()
+    features, labels = clusters(rows=200)
     selection = skmm.select(features, 30, "craig", labels=labels, random_state=0)
     data = torch.utils.data.TensorDataset(torch.from_numpy(features), torch.from_numpy(labels))
     loader = torch.utils.data.DataLoader(

@@ -41,10 +41,16 @@ def selection_warnings(info: dict[str, Any]) -> list[str]:
         ]
         if missing:
             named = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            present = sum(1 for pool in counts["pool"] if pool > 0)
+            n = int(info.get("n") or sum(counts["coreset"]))
+            fix = (
+                f"n = {n} is below the {present} classes: raise n to at least {present}"
+                if n < present
+                else "pass stratify=True for class-proportional budgets (or stratify='balanced')"
+            )
             found.append(
                 f"{len(missing)} of {len(counts['labels'])} labeled classes got no rows in the "
-                f"coreset of {info.get('n')} ({named}); pass stratify=True for "
-                "class-proportional budgets (or stratify='balanced')"
+                f"coreset of {n} ({named}); {fix}"
             )
     directions = info.get("directions")
     if isinstance(directions, dict) and directions.get("rule") in AUTOMATIC_RULES:
