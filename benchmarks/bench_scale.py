@@ -100,7 +100,7 @@ def worker(args: argparse.Namespace) -> None:
     elif args.source == "memmap":
         pool = np.load(args.npy, mmap_mode="r")
     else:
-        pool = SketchStore.open(args.store, verify=False).array()
+        pool = SketchStore.open(args.store, verify=False).features
     began, cpu_began = time.perf_counter(), time.process_time()
     selection = skmm.select(pool, args.n, directions=args.directions, random_state=0)
     seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began

@@ -109,7 +109,7 @@ def selections(workdir, tag):
     out["skmm_sparse_sign"] = skmm.select(
         features, 25, sketch_dim=80, sketch="sparse_sign", random_state=2
     ).indices
-    store = SketchStore.open(workdir / "sketched-store", verify=False).array()
+    store = SketchStore.open(workdir / "sketched-store", verify=False).features
     out["skmm_store"] = skmm.select(store, 40, sketch_dim=64, random_state=0).indices
     mapped = np.load(workdir / "sketched.npy", mmap_mode="r")
     out["skmm_memmap_diagonal"] = skmm.select(
@@ -122,7 +122,7 @@ def selections(workdir, tag):
         out["lazy_aopt_window"] = greedy_design(whitened, 30, "aopt", lazy=True).order
     finally:
         skmm.design.WINDOW_ROWS = saved
-    tiny = SketchStore.open(workdir / "tiny-store", verify=False).array()  # rank 0: no rows
+    tiny = SketchStore.open(workdir / "tiny-store", verify=False).features  # rank 0: no rows
     for objective, extra in (("aopt", {}), ("logdet", {}), ("diagonal", {"max_iter": 50})):
         chosen = skmm.select(tiny, 12, objective=objective, random_state=1, **extra)
         out[f"tiny_{objective}"] = chosen.indices

@@ -113,3 +113,23 @@ def test_random_state_none_records_the_seed_used():
     first = skmm.select(features, 5, "uniform")
     again = skmm.select(features, 5, "uniform", random_state=first.info["random_state"])
     np.testing.assert_array_equal(first.indices, again.indices)
+
+
+def test_sketch_gradients_is_exported_beside_select_and_sketch():
+    import skmm.gradients
+
+    assert skmm.sketch_gradients is skmm.gradients.sketch_gradients
+    assert {"select", "sketch", "sketch_gradients", "GradientSketch"} <= set(skmm.__all__)
+
+
+def test_importing_skmm_pulls_no_optional_heavy_package():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, skmm; "
+        "print(sorted(m for m in ('transformers', 'datasets', 'matplotlib', 'peft') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -133,6 +133,7 @@ def test_safetensors_npz_labels_and_generic_options(tmp_path, capsys):
         (["--n", "3", "--method", "uniform", "--sketch-dim", "4"], "does not take option"),
         (["--n", "3", "-o", "bogus"], "NAME=VALUE"),
         (["--n", "3", "--stratify", "balanced"], "needs --labels"),
+        (["--n", "3", "--stratify", "maybe"], "true/false (also yes/no, 1/0), proportional"),
         (["--n", "3", "--out", "x.csv"], "use .json, .npy or .npz"),
     ],
 )
@@ -212,3 +213,76 @@ def test_bench_synthetic_quick(tmp_path, capsys):
 def test_bench_rejects_unknown_methods(tmp_path, capsys):
     status = main(["bench", "synthetic", "--quick", "--methods", "magic", "--out", str(tmp_path)])
     assert status == 2 and "unknown benchmark method" in capsys.readouterr().err
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "skmm", *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.fixture
+def labeled_files(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [120, 60, 20])
+    features = rng.standard_normal((3, 30))[labels] * 3 + rng.standard_normal((200, 30))
+    np.save(tmp_path / "f.npy", features.astype(np.float32))
+    (tmp_path / "labels.txt").write_text("\n".join(map(str, labels)))
+    return tmp_path / "f.npy", tmp_path / "labels.txt"
+
+
+@pytest.mark.parametrize(
+    ("word", "stratified"), [("true", True), ("YES", True), ("1", True), ("no", False)]
+)
+def test_stratify_takes_true_false_words(labeled_files, capsys, word, stratified):
+    features, labels = labeled_files
+    args = ["select", str(features), "--n", "10", "--seed", "0", "--labels", str(labels)]
+    assert main([*args, "--stratify", word, "--sketch-dim", "8", "--quiet"]) == 0
+    picked = [int(line) for line in capsys.readouterr().out.split()]
+    counts = np.bincount(np.repeat([0, 1, 2], [120, 60, 20])[picked], minlength=3)
+    assert len(set(picked)) == 10 and (counts.tolist() == [6, 3, 1]) == stratified
+
+
+def test_the_summary_goes_to_stderr_and_the_picture_to_a_png(labeled_files, tmp_path):
+    features, labels = labeled_files
+    picture = tmp_path / "coreset.png"
+    done = run_cli(
+        "select",
+        features,
+        "--n",
+        "12",
+        "--seed",
+        "0",
+        "--labels",
+        labels,
+        "--sketch-dim",
+        "8",
+        "--plot",
+        picture,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 12 and all(line.isdigit() for line in done.stdout.split())
+    assert "directions matched: k = " in done.stderr and "c_S = " in done.stderr
+    assert "  class      pool  share  coreset  share" in done.stderr
+    assert f"picture written to {picture}" in done.stderr
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_selection_warnings_print_once_as_skmm_lines(labeled_files):
+    features, labels = labeled_files
+    done = run_cli(
+        "select",
+        features,
+        "--n",
+        "2",
+        "--method",
+        "uniform",
+        "--seed",
+        "0",
+        "--labels",
+        labels,
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("labeled classes got no rows") == 1
+    assert done.stderr.startswith("skmm: warning: ") and "SelectionWarning" not in done.stderr

@@ -140,3 +140,29 @@ def test_a_killed_sketch_resumes_to_an_identical_store(task_file, tmp_path):
     np.testing.assert_array_equal(
         load_gradient_sketch(store).features, load_gradient_sketch(reference).features
     )
+
+
+def test_off_a_terminal_sketch_prints_plain_progress_and_the_chosen_parameters(task_file, tmp_path):
+    out = tmp_path / "store"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skmm",
+            "sketch",
+            "--task",
+            f"{task_file}:slow",
+            "--out",
+            str(out),
+            "--sketch-dim",
+            "8",
+            "--params",
+            "last:1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "skmm: gradients of 2 parameter tensors: 3.* (2) (r = 99)" in done.stderr
+    assert "skmm: sketch gradients: 60/60 example (100%)" in done.stderr  # 60 × 20 ms > 1 s
+    assert "\r" not in done.stderr  # no bar frames in a log

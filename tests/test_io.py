@@ -1,5 +1,8 @@
 import os
 import pickle
+import stat
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -106,6 +109,45 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("crash")
     assert read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_written_by_the_cli_respect_the_umask(tmp_path, umask):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).standard_normal((30, 4)))
+    out = tmp_path / "coreset.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skmm",
+            "select",
+            str(tmp_path / "features.npy"),
+            "--n",
+            "5",
+            "--method",
+            "uniform",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 def test_corrupt_json(tmp_path):

@@ -161,7 +161,7 @@ def test_reading_a_store_whole_is_refused_beyond_the_limit(tmp_path, monkeypatch
     store.finish()
     monkeypatch.setenv("SKMM_MAX_MEMORY", "64K")
     with pytest.raises(MemoryLimitError, match="reading the \\(500, 64\\) sketch.*125.0 KiB"):
-        SketchStore.open(tmp_path / "s").features()
+        SketchStore.open(tmp_path / "s").load_features()
 
 
 def test_sketching_gradients_checks_the_sketch_size_before_starting(tmp_path, monkeypatch):

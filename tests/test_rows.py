@@ -127,7 +127,7 @@ def sketched_pool(tmp_path_factory):
     store.finish()
     np.save(path / "pool.npy", features)
     mapped = np.load(path / "pool.npy", mmap_mode="r")
-    return features, labels, SketchStore.open(path / "store", verify=False).array(), mapped
+    return features, labels, SketchStore.open(path / "store", verify=False).features, mapped
 
 
 @pytest.mark.parametrize(

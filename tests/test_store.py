@@ -70,9 +70,9 @@ def test_round_trip(tmp_path):
     features, labels = make_rows(0, 10)
     assert store.complete and store.rows_done == 10 and store.sketch_dim == WIDTH
     assert store.identity == IDENTITY and store.metadata == {"n_params": 12, "note": "ok"}
-    np.testing.assert_array_equal(store.features(), features)
-    np.testing.assert_array_equal(store.labels(), labels)
-    assert store.features().dtype == np.float32 and store.labels().dtype == np.int64
+    np.testing.assert_array_equal(store.load_features(), features)
+    np.testing.assert_array_equal(store.labels, labels)
+    assert store.load_features().dtype == np.float32 and store.labels.dtype == np.int64
     assert sorted(snapshot(tmp_path / "s")) == [
         "labels-00000.npy",
         "labels-00001.npy",
@@ -105,26 +105,26 @@ def test_any_chunking_gives_identical_files(n, shard_rows, cuts, labels):
         assert snapshot(one) == snapshot(many)
         store = SketchStore.open(many)
         features, label_rows = make_rows(0, n)
-        np.testing.assert_array_equal(store.features(), features)
+        np.testing.assert_array_equal(store.load_features(), features)
         if labels and n:
-            np.testing.assert_array_equal(store.labels(), label_rows)
+            np.testing.assert_array_equal(store.labels, label_rows)
         else:
-            assert store.labels() is None
+            assert store.labels is None
 
 
 def test_store_without_labels(tmp_path):
     write_store(tmp_path / "s", 9, [5], labels=False)
     store = SketchStore.open(tmp_path / "s")
-    assert store.labels() is None
-    np.testing.assert_array_equal(store.features(), make_rows(0, 9)[0])
+    assert store.labels is None
+    np.testing.assert_array_equal(store.load_features(), make_rows(0, 9)[0])
     assert not any(name.startswith("labels-") for name in snapshot(tmp_path / "s"))
 
 
 def test_empty_store(tmp_path):
     write_store(tmp_path / "s", 0)
     store = SketchStore.open(tmp_path / "s")
-    assert store.rows_done == 0 and store.features().shape == (0, WIDTH)
-    assert store.labels() is None
+    assert store.rows_done == 0 and store.load_features().shape == (0, WIDTH)
+    assert store.labels is None
 
 
 # ------------------------------------------------------------------ resume
@@ -278,7 +278,7 @@ def test_sigkilled_writer_resumes_to_identical_store(tmp_path):
     )
     write_store(tmp_path / "ref", total, meta={"note": "done"})
     assert snapshot(path) == snapshot(tmp_path / "ref")
-    np.testing.assert_array_equal(SketchStore.open(path).features(), make_rows(0, total)[0])
+    np.testing.assert_array_equal(SketchStore.open(path).load_features(), make_rows(0, total)[0])
 
 
 # ------------------------------------------------------------------ refusals
@@ -469,7 +469,7 @@ def test_a_version_1_store_is_read_but_not_resumed(tmp_path):
     write_store(tmp_path / "s", 10)
     edit_manifest(tmp_path / "s", lambda m: m.update(version=1))
     features, _ = make_rows(0, 10)
-    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").features(), features)
+    np.testing.assert_array_equal(np.asarray(SketchStore.open(tmp_path / "s").features), features)
     with pytest.raises(StoreError, match="store version 1, written by an earlier skmm"):
         SketchStore.open_for_writing(tmp_path / "s", IDENTITY, shard_rows=4)
 
@@ -540,7 +540,7 @@ def test_append_checks_its_input(tmp_path):
         store.append(bad, labels)
     store.append(features, labels)  # the refused calls left nothing behind
     store.finish()
-    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").labels(), [0, 1, 2] * 2)
+    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").labels, [0, 1, 2] * 2)
     with pytest.raises(StoreError, match="opened for reading"):
         SketchStore.open(tmp_path / "s").append(features, labels)
 
@@ -560,13 +560,13 @@ def test_caller_reusing_its_buffer_does_not_change_written_rows(tmp_path):
     store.append(buffer, labels)
     buffer[:] = 0
     store.finish()
-    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").features(), features)
+    np.testing.assert_array_equal(SketchStore.open(tmp_path / "s").load_features(), features)
 
 
 def test_store_array_reads_ranges_and_rows_shard_by_shard(tmp_path):
     write_store(tmp_path / "s", 23, shard_rows=4)
     features, _ = make_rows(0, 23)
-    array = SketchStore.open(tmp_path / "s", verify=False).array()
+    array = SketchStore.open(tmp_path / "s", verify=False).features
     assert array.shape == (23, WIDTH) and len(array) == 23 and array.dtype == np.float32
     np.testing.assert_array_equal(array[3:18], features[3:18])
     np.testing.assert_array_equal(array[20:], features[20:])
@@ -588,7 +588,7 @@ def test_store_array_checks_a_shard_when_it_first_reads_it(tmp_path):
     data = bytearray(damaged.read_bytes())
     data[-1] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    array = SketchStore.open(path, verify=False).array()
+    array = SketchStore.open(path, verify=False).features
     np.testing.assert_array_equal(array[0:8], make_rows(0, 8)[0])
     with pytest.raises(StoreError, match="checksum"):
         array[9:10]
@@ -691,3 +691,17 @@ def test_a_malformed_partial_shard_is_refused(tmp_path, change, match):
     edit_manifest(path, change)
     with pytest.raises(StoreError, match=match):
         SketchStore.open_for_writing(path, IDENTITY, shard_rows=4)
+
+
+def test_the_reader_has_the_attributes_a_user_expects(tmp_path):
+    write_store(tmp_path / "s", 10)
+    store = SketchStore.open(tmp_path / "s")
+    features, labels = make_rows(0, 10)
+    assert store.shape == (10, WIDTH) and len(store) == 10
+    assert store.features.shape == (10, WIDTH)  # a StoreArray, read on demand
+    np.testing.assert_array_equal(store.features[3:7], features[3:7])
+    np.testing.assert_array_equal(np.asarray(store.features), features)
+    np.testing.assert_array_equal(store.labels, labels)
+    assert store.features is store.features  # one reader: each shard is verified once
+    with pytest.raises(ValueError):
+        store.labels[0] = 7  # the cached labels are read-only

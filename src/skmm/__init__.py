@@ -6,6 +6,7 @@ informative directions.
 """
 
 from .api import get_method, methods, select
+from .gradients import GradientSketch, sketch_gradients
 from .selection import Selection
 from .selectors import Selector, SkMM, Uniform
 from .sketch import SketchMap, sketch
@@ -13,6 +14,7 @@ from .sketch import SketchMap, sketch
 __version__ = "0.1.0"
 
 __all__ = [
+    "GradientSketch",
     "Selection",
     "Selector",
     "SkMM",
@@ -23,4 +25,5 @@ __all__ = [
     "methods",
     "select",
     "sketch",
+    "sketch_gradients",
 ]

@@ -47,8 +47,11 @@ def select(
     """Select n of the N rows of ``features`` (N, r) with ``method``.
 
     ``features`` is a numpy array, memmap or torch tensor of per-sample gradients or
-    features; ``labels`` (length N) enable ``stratify``; ``options`` are the method's own
-    parameters (see ``skmm.selectors()`` and each class). Returns a :class:`Selection`.
+    features, a path to an array file (.npy, .npz, .safetensors) or a sketch store, a
+    ``SketchStore``, or the ``GradientSketch`` that ``sketch_gradients`` returns (whose labels
+    are used when ``labels`` is None); ``labels`` (length N) enable ``stratify``; ``options``
+    are the method's own parameters (see ``skmm.methods()`` and each class). Returns a
+    :class:`Selection`.
     """
     selector = make_selector(method, n, random_state=random_state, **options)
     return selector.fit(features, labels).selection_

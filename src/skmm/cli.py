@@ -12,17 +12,18 @@ import importlib
 import importlib.util
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, distributed
 from .api import get_method, methods, select
 from .distributed import is_main
 from .inputs import MissingDependencyError
 from .io import load_array
-from .selection import Selection
-from .store import SketchStore, is_store
+from .selection import Selection, SelectionWarning
+from .sources import open_features
 
 EXIT_INPUT_ERROR = 2
 
@@ -70,7 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--sketch", help="SkMM: gaussian, sparse_sign or none")
     sel.add_argument("--c", type=float, help="SkMM: moment target constant c")
     sel.add_argument("--rounding", help="SkMM: systematic, pivotal, topn or weighted")
-    sel.add_argument("--stratify", help="per-class budgets from --labels: proportional or balanced")
+    sel.add_argument(
+        "--stratify",
+        help="per-class budgets from --labels (or the store's labels): true/yes/1 or "
+        "proportional, balanced; false/no/0 for none",
+    )
+    sel.add_argument("--plot", help="write a PNG picture of the selection (needs matplotlib)")
     sel.add_argument("--device", help="compute device, e.g. cpu or cuda")
     sel.add_argument(
         "--option",
@@ -80,7 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="any other method option (VALUE parsed as JSON when it can be)",
     )
-    sel.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    sel.add_argument(
+        "--quiet", action="store_true", help="no progress or summary (warnings still print)"
+    )
 
     commands.add_parser("methods", help="list the selection methods and their options")
 
@@ -185,34 +193,56 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STRATIFY_WORDS: dict[str, bool | str | None] = {
+    **dict.fromkeys(("true", "yes", "1"), True),
+    **dict.fromkeys(("false", "no", "0"), None),
+    "proportional": "proportional",
+    "balanced": "balanced",
+}
+
+
+def _stratify(text: str | None) -> bool | str | None:
+    """--stratify as the API's value: True, "proportional", "balanced" or None (no strata)."""
+    if text is None:
+        return None
+    word = text.strip().lower()
+    if word not in STRATIFY_WORDS:
+        raise InputError(
+            f"--stratify takes true/false (also yes/no, 1/0), proportional or balanced; "
+            f"got {text!r}"
+        )
+    return STRATIFY_WORDS[word]
+
+
 def _select_command(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(_parse_option(text) for text in args.option)
+    stratify = _stratify(args.stratify)
     named = {
         "sketch_dim": args.sketch_dim,
         "sketch": args.sketch,
         "c": args.c,
         "rounding": args.rounding,
-        "stratify": args.stratify,
+        "stratify": stratify,
         "device": args.device,
     }
     options.update({k: v for k, v in named.items() if v is not None})
     if not args.quiet:
         options.setdefault("progress", None)
-    labels = None
-    if is_store(args.features):
-        stored = SketchStore.open(args.features, verify=False)
-        features = stored.array()
-        if args.stratify or get_method(args.method).requires_labels:
-            labels = stored.labels()
-    else:
-        features = load_array(args.features, args.key)
+    features, labels = open_features(args.features, args.key)
     if args.labels:
         labels = load_array(args.labels, args.labels_key, mmap=False)
-    elif args.stratify and labels is None:
+    elif stratify is not None and labels is None:
         raise InputError("--stratify needs --labels (or a store that holds labels)")
-    selection = select(
-        features, args.n, args.method, labels=labels, random_state=args.seed, **options
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SelectionWarning)
+        selection = select(
+            features, args.n, args.method, labels=labels, random_state=args.seed, **options
+        )
+    for warning in caught:
+        if not issubclass(warning.category, SelectionWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if not is_main():
         return 0
     if args.out:
@@ -222,8 +252,14 @@ def _select_command(args: argparse.Namespace) -> int:
             raise InputError(f"cannot write --out {args.out}: {_os_problem(exc)}") from None
     else:
         sys.stdout.write("\n".join(str(i) for i in selection.indices) + "\n")
-    if not args.quiet:
-        _print_summary(selection, args.out)
+    if args.plot:
+        selection.plot(features, labels, path=args.plot)
+    if args.quiet:
+        for warning in caught:
+            if issubclass(warning.category, SelectionWarning):
+                sys.stderr.write(f"skmm: warning: {warning.message}\n")
+    else:
+        _print_summary(selection, args.out, args.plot)
     return 0
 
 
@@ -235,20 +271,13 @@ def _os_problem(exc: OSError) -> str:
     return f"{exc.strerror}: {exc.filename}"
 
 
-def _print_summary(selection: Selection, out: str | None) -> None:
-    info = selection.info
-    lines = [
-        f"selected {len(selection)} of {info['n_pool']} rows with {info['method']} "
-        f"in {info['timings']['total']:.2f}s (seed {info['random_state']})"
-    ]
-    for key in ("intrinsic_dimension", "objective", "c_S"):
-        if key in info:
-            lines.append(f"  {key}: {info[key]}")
-    if "solver" in info:
-        solver = info["solver"]
-        lines.append(f"  solver: {solver['iterations']} iterations, {solver['stop_reason']}")
+def _print_summary(selection: Selection, out: str | None, plot: str | None) -> None:
+    """:meth:`Selection.summary` on stderr (stdout holds the indices), and what was written."""
+    lines = [selection.summary()]
     if out:
         lines.append(f"  written to {out}")
+    if plot:
+        lines.append(f"  picture written to {plot}")
     sys.stderr.write("\n".join(lines) + "\n")
 
 
@@ -396,24 +425,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skmm`` command; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    ended = False
     try:
-        if args.command == "select":
-            return _select_command(args)
-        if args.command == "methods":
-            return _methods_command()
-        if args.command == "sketch":
-            return _sketch_command(args)
-        if args.command == "bench":
-            return _bench_command(args)
-        from .demo import run_demo, run_real_demo
-
-        return run_demo(quick=args.quick) if args.synthetic else run_real_demo()
+        status = _run_command(args)
+        ended = True
+        return status
     except (InputError, ValueError, TypeError, OSError, MissingDependencyError) as exc:
         sys.stderr.write(f"skmm: error: {exc}\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("skmm: interrupted\n")
         return 130
+    finally:
+        distributed.shutdown(synchronize=ended)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    if args.command == "select":
+        return _select_command(args)
+    if args.command == "methods":
+        return _methods_command()
+    if args.command == "sketch":
+        return _sketch_command(args)
+    if args.command == "bench":
+        return _bench_command(args)
+    from .demo import run_demo, run_real_demo
+
+    return run_demo(quick=args.quick) if args.synthetic else run_real_demo()
 
 
 if __name__ == "__main__":

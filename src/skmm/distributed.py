@@ -44,6 +44,17 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def shutdown(synchronize: bool) -> None:
+    """Leave the process group, if one was joined: after a barrier when ``synchronize`` (a
+    command that ended normally on every rank), so that no rank tears its connections down
+    while another still uses them (gloo then aborts the slower rank's process)."""
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier(group=_group())
+    dist.destroy_process_group()
+
+
 def _init_from_env() -> None:
     """``init_process_group`` from the env:// variables: gloo, plus NCCL for CUDA tensors."""
     backend = "gloo"

@@ -302,11 +302,18 @@ def as_feature_matrix(
         problem = _numpy_dtype_problem(source.dtype)
         if problem:
             raise TypeError(f"{name} must hold real numbers, got {problem} values")
+    elif type(features).__module__.split(".")[0] == "datasets":
+        raise TypeError(
+            f"{name} is a Hugging Face {type(features).__name__}: it holds examples, not "
+            "features; sketch their gradients first, result = skmm.sketch_gradients(model, "
+            "dataset), and select on the result"
+        )
     else:
         raise TypeError(
-            f"{name} must be a numpy array, numpy memmap, torch tensor or lazy array (shape, "
-            "dtype, row reads and streamed=True: skmm.inputs.LazyArray), "
-            f"got {type(features).__name__}"
+            f"{name} must be a numpy array, numpy memmap, torch tensor, lazy array (shape, "
+            "dtype, row reads and streamed=True: skmm.inputs.LazyArray), a path to an array "
+            "file (.npy, .npz, .safetensors) or a sketch store, a SketchStore or the "
+            f"GradientSketch of sketch_gradients; got {type(features).__name__}"
         )
     if source.ndim != 2:
         raise ValueError(

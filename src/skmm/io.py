@@ -29,12 +29,16 @@ BINARY_SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".pkl", ".pick
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    A crash mid-write leaves the old file (or none), never a truncated one.
+    A crash mid-write leaves the old file (or none), never a truncated one. The file gets
+    the mode a plain ``open`` would give it (0o666 less the umask, e.g. 0o644 under 022), not
+    the temporary file's 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
@@ -44,6 +48,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (set to the stricter 0o077 for the instant it is read)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def hold_lock(path: str | os.PathLike[str], *, wait: bool = True) -> int | None:

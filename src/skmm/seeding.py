@@ -8,11 +8,15 @@ Random numbers are drawn on the CPU, so a seed gives the same draws on every dev
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
 SEED_MAX = 2**63 - 1
+_USES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("skmm_seed_uses")
 
 
 def resolve_seed(random_state: int | np.integer | np.random.Generator | None) -> int:
@@ -42,6 +46,9 @@ def _key(part: int | str) -> int:
 
 def derive_seed(seed: int, *keys: int | str) -> int:
     """A 63-bit seed for the stream named ``keys`` under ``seed`` (stable across versions)."""
+    uses = _USES.get(None)
+    if uses is not None:
+        uses[0] += 1
     words = [_key(k) for k in (seed, *keys)]
     state = np.random.SeedSequence(words).generate_state(2, np.uint32)
     return int(state.view(np.uint64)[0] >> 1)
@@ -50,3 +57,15 @@ def derive_seed(seed: int, *keys: int | str) -> int:
 def numpy_rng(seed: int, *keys: int | str) -> np.random.Generator:
     """A numpy Generator for the stream named ``keys`` under ``seed``."""
     return np.random.Generator(np.random.PCG64(derive_seed(seed, *keys)))
+
+
+@contextlib.contextmanager
+def track_seed_use() -> Iterator[list[int]]:
+    """Count the seeds derived inside the block (``[count]``): zero means no random choice
+    was made there, since every one draws from a :func:`derive_seed` stream."""
+    uses = [0]
+    token = _USES.set(uses)
+    try:
+        yield uses
+    finally:
+        _USES.reset(token)

@@ -16,6 +16,53 @@ from .io import load_array, read_json, sniff_format, write_json, write_npy, writ
 
 FORMAT = "skmm.selection"
 FORMAT_VERSION = 1
+AUTOMATIC_RULES = ("eigengap", "intrinsic")
+"""SkMM's direction rules that choose k from the spectrum (not given, not the rank)."""
+
+
+class SelectionWarning(UserWarning):
+    """A selection that is valid but suspicious (a class left out, very few directions)."""
+
+
+def selection_warnings(info: dict[str, Any]) -> list[str]:
+    """What looks wrong about a selection from its ``info``: a labeled class that got no rows
+    (without ``stratify``, which warns about its own budgets), or SkMM matching only one or
+    two directions by an automatic rule."""
+    found: list[str] = []
+    counts = info.get("class_counts")
+    stratify = (info.get("params") or {}).get("stratify")
+    if counts and stratify in (None, False):
+        missing = [
+            label
+            for label, pool, got in zip(
+                counts["labels"], counts["pool"], counts["coreset"], strict=True
+            )
+            if pool > 0 and got == 0
+        ]
+        if missing:
+            named = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            present = sum(1 for pool in counts["pool"] if pool > 0)
+            n = int(info.get("n") or sum(counts["coreset"]))
+            fix = (
+                f"n = {n} is below the {present} classes: raise n to at least {present}"
+                if n < present
+                else "pass stratify=True for class-proportional budgets (or stratify='balanced')"
+            )
+            found.append(
+                f"{len(missing)} of {len(counts['labels'])} labeled classes got no rows in the "
+                f"coreset of {n} ({named}); {fix}"
+            )
+    directions = info.get("directions")
+    if isinstance(directions, dict) and directions.get("rule") in AUTOMATIC_RULES:
+        k = int(directions.get("k", 0))
+        if k <= 2:
+            found.append(
+                f"SkMM matched only {k} direction(s) of the pool's sketched moments (rule "
+                f"{directions['rule']!r}): the coreset covers the pool along {k} direction(s) "
+                "only. On a classifier's gradients pass stratify=True; directions=K matches "
+                "K directions"
+            )
+    return found
 
 
 def to_jsonable(value: Any) -> Any:
@@ -141,13 +188,108 @@ class Selection:
             payload.get("info") or {},
         )
 
-    def subset(self, data: Any) -> Any:
+    def summary(self) -> str:
+        """A short text report: size, seed and timings, the directions matched and c_S
+        explained, class counts of the coreset against the pool's shares, and warnings."""
+        info = self.info
+        timings = info.get("timings") or {}
+        head = f"selected {len(self)} of {info.get('n_pool', '?')} rows"
+        if "method" in info:
+            head += f" with {info['method']}"
+        if "total" in timings:
+            head += f" in {timings['total']:.2f}s"
+        if "random_state" in info:
+            head += f" (seed {info['random_state']})"
+        lines = [head]
+        stages = [
+            f"{name} {seconds:.2f}s"
+            for name, seconds in timings.items()
+            if name not in ("total", "prepare", "select")
+        ]
+        if stages:
+            lines.append(f"  stages: {', '.join(stages)}")
+        directions = info.get("directions")
+        if isinstance(directions, dict):
+            sketch = info.get("sketch") or {}
+            of = f" of m = {sketch['sketch_dim']}" if "sketch_dim" in sketch else ""
+            gap = directions.get("gap_ratio")
+            ratio = f", eigengap ratio {gap:.3g}" if isinstance(gap, (int, float)) else ""
+            lines.append(
+                f"  directions matched: k = {directions['k']}{of} "
+                f"(rule {directions['rule']!r}{ratio})"
+            )
+        if "c_S" in info:
+            lines.append("  " + _explain_c_s(info["c_S"], info.get("c_S_directions")))
+        counts = info.get("class_counts")
+        if counts:
+            pool_total, core_total = sum(counts["pool"]), max(1, sum(counts["coreset"]))
+            width = max(5, *(len(str(label)) for label in counts["labels"]))
+            lines.append(
+                f"  {'class':<{width}}  {'pool':>8} {'share':>6}  {'coreset':>7} {'share':>6}"
+            )
+            for label, pool, got in zip(
+                counts["labels"], counts["pool"], counts["coreset"], strict=True
+            ):
+                lines.append(
+                    f"  {label!s:<{width}}  {pool:>8} {100 * pool / pool_total:5.1f}%"
+                    f"  {got:>7} {100 * got / core_total:5.1f}%"
+                )
+        if "random_state_note" in info:
+            lines.append(f"  note: {info['random_state_note']}")
+        lines.extend(f"  warning: {message}" for message in selection_warnings(info))
+        return "\n".join(lines)
+
+    def sampler(
+        self, num_samples: int | None = None, *, replacement: bool = True, seed: int | None = None
+    ) -> torch.utils.data.WeightedRandomSampler:
+        """A sampler over the rows of :meth:`subset` (positions 0..n−1) that draws row j with
+        probability ``weights[j]``: the weighting in training, for a torch ``DataLoader``
+        (``sampler=``) or a ``transformers.Trainer``. ``num_samples`` defaults to n (one
+        epoch); an unweighted selection draws uniformly."""
+        if len(self) == 0:
+            raise ValueError("the selection is empty: there is nothing to sample")
+        weights = np.full(len(self), 1.0 / len(self)) if self.weights is None else self.weights
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        return torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.float64),
+            len(self) if num_samples is None else int(num_samples),
+            replacement=replacement,
+            generator=generator,
+        )
+
+    def plot(
+        self,
+        features: Any,
+        labels: Any = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Any:
+        """One figure of the selection (see :func:`skmm.plotting.plot_selection`): the sketched
+        spectrum with the matched directions, the pool on its two leading centered directions
+        with the coreset highlighted, and class counts; written as PNG to ``path`` when given.
+        Needs matplotlib (``pip install 'skmm[bench]'``)."""
+        from .plotting import plot_selection
+
+        return plot_selection(self, features, labels, path)
+
+    def subset(self, data: Any, *, weight_column: str | None = None) -> Any:
         """The selected part of ``data`` (in ``indices`` order).
 
         Hugging Face datasets give ``data.select(indices)``, torch datasets a
         ``torch.utils.data.Subset``, DataFrames ``data.iloc[indices]``, numpy arrays and
-        tensors their rows, and other sequences a list.
+        tensors their rows, and other sequences a list. ``weight_column`` (Hugging Face
+        datasets) adds a column of n·wⱼ (mean 1; all 1 when unweighted), the per-example
+        loss weights that carry the selection's weighting into training.
         """
+        if weight_column is not None:
+            if type(data).__module__.split(".")[0] != "datasets":
+                raise TypeError(
+                    f"weight_column needs a Hugging Face dataset, got {type(data).__name__}; "
+                    "for other data pass selection.sampler() to the DataLoader, or use "
+                    "selection.weights"
+                )
+            weights = np.ones(len(self)) if self.weights is None else self.weights * len(self)
+            return self.subset(data).add_column(weight_column, weights.tolist())
         try:
             size = len(data)
         except TypeError:
@@ -178,3 +320,15 @@ class Selection:
         if hasattr(data, "__getitem__"):
             return [data[int(i)] for i in indices]
         raise TypeError(f"cannot take a subset of {type(data).__name__}")
+
+
+def _explain_c_s(c_s: Any, k: Any) -> str:
+    """c_S in one line: the least c with Σ̃ ⪯ c·Σ̃_S on the matched directions."""
+    on = f" on the {k} matched directions" if k else ""
+    if c_s is None or not math.isfinite(float(c_s)):
+        return f"c_S = inf{on}: the coreset leaves a matched direction uncovered"
+    return (
+        f"c_S = {float(c_s):.3g}{on}: the coreset's worst-covered direction has "
+        f"1/{float(c_s):.3g} = {100 / float(c_s):.0f}% of the pool's energy (lower is better; "
+        "1 = as well covered as the pool)"
+    )

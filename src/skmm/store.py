@@ -67,7 +67,12 @@ def is_store(path: str | os.PathLike[str]) -> bool:
 
 
 class SketchStore:
-    """A sketch store opened for writing (:meth:`open_for_writing`) or reading (:meth:`open`)."""
+    """A sketch store opened for writing (:meth:`open_for_writing`) or reading (:meth:`open`).
+
+    Reading: ``features`` (a lazily read (N, m) :class:`StoreArray`), ``labels`` ((N,) int64
+    or None), ``shape``, ``len(store)``, ``metadata`` (the run's identity and engine) and
+    :meth:`load_features` (the whole matrix in memory).
+    """
 
     path: Path
     identity: dict[str, Any]
@@ -98,6 +103,8 @@ class SketchStore:
         self._pending_rows = 0
         self._pending_entry: dict[str, Any] | None = None
         self._unlock: weakref.finalize | None = None
+        self._array: StoreArray | None = None
+        self._labels: np.ndarray | None = None
 
     @property
     def partial_rows(self) -> int:
@@ -298,8 +305,39 @@ class SketchStore:
 
     # ----------------------------------------------------------------- reading
 
-    def features(self) -> np.ndarray:
-        """The (N, m) float32 matrix, shards concatenated in order (checksums verified again)."""
+    @property
+    def features(self) -> StoreArray:
+        """The (N, m) float32 rows as a :class:`StoreArray`, read shard by shard when indexed
+        (``np.asarray(store.features)`` reads them all; each shard's sha256 is checked on its
+        first read)."""
+        if self._array is None or self._array.shape[0] != self.rows_done:
+            self._array = StoreArray(self)
+        return self._array
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The (N,) int64 labels, or None when the store has none."""
+        if not self._has_labels:
+            return None
+        if self._labels is None or self._labels.shape[0] != self.rows_done:
+            out = np.empty(self.rows_done, dtype=np.int64)
+            for shard in self._shards:
+                out[shard["start"] : shard["start"] + shard["rows"]] = self._read_labels(shard)
+            out.flags.writeable = False
+            self._labels = out
+        return self._labels
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, m): rows stored and the sketch dimension."""
+        return (self.rows_done, self.sketch_dim)
+
+    def __len__(self) -> int:
+        return self.rows_done
+
+    def load_features(self) -> np.ndarray:
+        """The (N, m) float32 matrix in memory, shards concatenated in order (checksums
+        verified again)."""
         check_memory(
             self.rows_done * self.sketch_dim * _FEATURE_DTYPE.itemsize,
             f"reading the ({self.rows_done}, {self.sketch_dim}) sketch of store {self.path}",
@@ -308,19 +346,6 @@ class SketchStore:
         out = np.empty((self.rows_done, self.sketch_dim), dtype=np.float32)
         for shard in self._shards:
             out[shard["start"] : shard["start"] + shard["rows"]] = self._read_features(shard)
-        return out
-
-    def array(self) -> StoreArray:
-        """The (N, m) rows as a :class:`StoreArray`: read shard by shard, only when asked for."""
-        return StoreArray(self)
-
-    def labels(self) -> np.ndarray | None:
-        """The (N,) int64 labels, or None when the store has none."""
-        if not self._has_labels:
-            return None
-        out = np.empty(self.rows_done, dtype=np.int64)
-        for shard in self._shards:
-            out[shard["start"] : shard["start"] + shard["rows"]] = self._read_labels(shard)
         return out
 
     def add_shards(self, entries: list[dict[str, Any]]) -> None:

@@ -18,7 +18,9 @@ def resolve_params(
 
     - ``"trainable"`` or None: every parameter with ``requires_grad`` (for a PEFT/LoRA model,
       the adapters, since PEFT freezes the base weights);
-    - ``"last:K"``: the parameters of the last K modules that own parameters directly;
+    - ``"last:K"``: the parameters of the last K blocks (:func:`blocks`): for a transformer
+      classifier ``"last:2"`` is the last layer and the head, for a plain stack of layers its
+      last two layers with parameters;
     - a name or glob pattern (``"encoder.layer.5.*"``), or a list of them; every pattern must
       match at least one parameter.
     """
@@ -33,7 +35,7 @@ def resolve_params(
     if isinstance(params, str):
         match = LAST_PATTERN.match(params.strip())
         if match:
-            return _last_modules(model, int(match.group(1)))
+            return _last_blocks(model, int(match.group(1)))
         params = [part.strip() for part in params.split(",") if part.strip()]
     patterns = list(params)
     if not patterns or not all(isinstance(p, str) for p in patterns):
@@ -51,20 +53,75 @@ def resolve_params(
     return [(name, p) for name, p in named if name in selected]
 
 
-def _last_modules(model: nn.Module, count: int) -> list[tuple[str, nn.Parameter]]:
-    """Parameters of the last ``count`` modules (in registration order) that own parameters."""
-    owners = [
-        (prefix, module)
-        for prefix, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False))
-    ]
-    if count < 1 or count > len(owners):
-        raise ValueError(
-            f"params 'last:{count}' needs 1 <= K <= {len(owners)} (modules with parameters)"
-        )
-    names = {
-        f"{prefix}.{name}" if prefix else name
-        for prefix, module in owners[-count:]
-        for name, _ in module.named_parameters(recurse=False)
-    }
+def blocks(model: nn.Module) -> list[list[str]]:
+    """The model's blocks, in registration order, each as its parameter names.
+
+    The items of an ``nn.ModuleList`` or ``nn.Sequential`` (transformer layers, a CNN's
+    stages or layers) are one block each. Outside such stacks, what lies between two stacks
+    is one block: the embeddings before the first layer, the head after the last (for a
+    transformer classifier: the pooler or final norm and the classifier). A model without
+    stacks has one block per module that owns parameters.
+    """
+    pieces: list[tuple[list[str], bool]] = []  # (names, an item of a stack)
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        dot = f"{prefix}." if prefix else ""
+        if isinstance(module, (nn.ModuleList, nn.Sequential)):
+            for name, child in module.named_children():
+                names = [f"{dot}{name}.{p}" for p, _ in child.named_parameters()]
+                if names:
+                    pieces.append((names, True))
+            return
+        own = [f"{dot}{name}" for name, _ in module.named_parameters(recurse=False)]
+        if own:
+            pieces.append((own, False))
+        for name, child in module.named_children():
+            walk(f"{dot}{name}", child)
+
+    walk("", model)
+    if not any(in_stack for _, in_stack in pieces):
+        return [names for names, _ in pieces]
+    grouped: list[list[str]] = []
+    loose = False
+    for names, in_stack in pieces:
+        if not in_stack and loose:
+            grouped[-1].extend(names)
+        else:
+            grouped.append(list(names))
+        loose = not in_stack
+    return grouped
+
+
+def _last_blocks(model: nn.Module, count: int) -> list[tuple[str, nn.Parameter]]:
+    """Parameters of the last ``count`` blocks of :func:`blocks`."""
+    found = blocks(model)
+    if count < 1 or count > len(found):
+        raise ValueError(f"params 'last:{count}' needs 1 <= K <= {len(found)} (the model's blocks)")
+    names = {name for block in found[-count:] for name in block}
     return [(name, p) for name, p in model.named_parameters() if name in names]
+
+
+def describe_params(model: nn.Module, names: Sequence[str]) -> str:
+    """The chosen parameter names, shortened: ``prefix.*`` where all of a module's parameters
+    are chosen (with their count), at most 12 entries, and the total count."""
+    chosen = set(names)
+    entries: list[str] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        dot = f"{prefix}." if prefix else ""
+        inside = [f"{dot}{name}" for name, _ in module.named_parameters()]
+        hits = [name for name in inside if name in chosen]
+        if not hits:
+            return
+        if len(hits) == len(inside) and len(inside) > 1:
+            entries.append(f"{dot}* ({len(inside)})" if prefix else f"all {len(inside)}")
+            return
+        for name, _ in module.named_parameters(recurse=False):
+            if f"{dot}{name}" in chosen:
+                entries.append(f"{dot}{name}")
+        for name, child in module.named_children():
+            walk(f"{dot}{name}", child)
+
+    walk("", model)
+    shown = entries if len(entries) <= 12 else [*entries[:8], "...", *entries[-3:]]
+    return f"{len(chosen)} parameter tensors: {', '.join(shown)}"

@@ -29,16 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset
 
 from .. import distributed
 from ..inputs import check_choice, check_nonnegative_float, check_positive_int, resolve_device
 from ..memory import check_memory
-from ..progress import progress_bar
+from ..progress import log, progress_bar
 from ..sketch import SKETCH_KINDS, SketchMap, _check_seed
 from ..store import SketchStore, StoreArray
-from .batches import Batch, dataset_length, iterate_batches, join_batches
-from .params import resolve_params
+from .batches import (
+    Batch,
+    as_batch_source,
+    dataset_length,
+    is_map_style,
+    iterate_batches,
+    join_batches,
+)
+from .params import describe_params, resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
 from .sinks import MemorySink, StoreSink
 from .structured import KroneckerSketch
@@ -88,9 +94,10 @@ def sketch_gradients(
 ) -> GradientSketch:
     """Sketched per-sample gradients G̃ = GΓ (N × m) of ``params`` of ``model`` over ``data``.
 
-    ``data``: a torch Dataset, a DataLoader (not shuffling) or an iterable of batches
-    (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the maps of
-    :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
+    ``data``: a torch Dataset, a Hugging Face ``datasets.Dataset`` (its label column the labels,
+    the numeric columns the model takes its inputs), a DataLoader (not shuffling) or an iterable
+    of batches (:mod:`skmm.gradients.batches`). ``sketch``: "sparse_sign" or "gaussian" (the
+    maps of :func:`skmm.sketch`), or "kronecker" (:mod:`skmm.gradients.structured`: per-layer
     Kronecker maps that sketch Linear and Conv2d weight gradients without forming them; other
     features for the same gradients). ``target``: "jacobian", "loss" or "loss_random"
     (:mod:`skmm.gradients.per_sample`). ``store``: a directory to write (or resume) the
@@ -108,7 +115,8 @@ def sketch_gradients(
     without a store, interrupted or not, on one process or several ranks; another
     ``batch_size`` agrees to float32 rounding. ``load=False`` (with a store) returns the
     features as the store's lazily read :class:`~skmm.store.StoreArray`, for pools larger
-    than memory.
+    than memory. The chosen parameter names and their count are printed to stderr unless
+    ``progress=False``.
     """
     distributed.world()
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
@@ -122,6 +130,7 @@ def sketch_gradients(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = resolve_device(device, next(model.parameters(), None))
+    data = as_batch_source(data, model, batch_size)
     n_rows = dataset_length(data)
     if n_rows is not None:
         check_memory(
@@ -130,6 +139,9 @@ def sketch_gradients(
             "use a smaller sketch_dim (selecting reads the whole sketch)",
         )
     chosen = resolve_params(model, params)
+    if progress is not False and distributed.is_main():
+        count = sum(p.numel() for _, p in chosen)
+        log(f"gradients of {describe_params(model, [n for n, _ in chosen])} (r = {count:,})")
     was_training = model.training
     try:
         computer = GradientComputer(model, chosen, target, seed, device, per_sample)
@@ -195,7 +207,7 @@ class _Plan:
         other sources are read once in full and the rows of other ranks' shards dropped.
         """
         rows = self.rows_per_shard
-        if isinstance(self.data, Dataset) and not isinstance(self.data, IterableDataset):
+        if is_map_style(self.data):
             length = dataset_length(self.data)
             if length is not None:
                 for shard in itertools.count(self.first_shard + self.rank, self.size):
@@ -320,13 +332,13 @@ def _say_where_it_resumes(path: Path, sink: StoreSink) -> None:
 def load_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
     """Read a complete store back (checksums verified) as a :class:`GradientSketch`."""
     opened = SketchStore.open(Path(path))
-    return GradientSketch(opened.features(), opened.labels(), dict(opened.metadata))
+    return GradientSketch(opened.load_features(), opened.labels, dict(opened.metadata))
 
 
 def _lazy_gradient_sketch(path: str | os.PathLike[str]) -> GradientSketch:
     """A complete store as a :class:`GradientSketch` whose features are read on demand."""
     opened = SketchStore.open(Path(path), verify=False)
-    return GradientSketch(opened.array(), opened.labels(), dict(opened.metadata))
+    return GradientSketch(opened.features, opened.labels, dict(opened.metadata))
 
 
 def _integer_labels(labels: torch.Tensor | None) -> np.ndarray | None:

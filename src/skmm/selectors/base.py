@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,21 +31,29 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..inputs import FeatureMatrix, as_feature_matrix, check_budget, check_labels
+from ..inputs import (
+    FeatureMatrix,
+    as_feature_matrix,
+    check_budget,
+    check_labels,
+)
 from ..memory import check_memory
-from ..seeding import derive_seed, resolve_seed
-from ..selection import Selection
+from ..seeding import derive_seed, resolve_seed, track_seed_use
+from ..selection import Selection, SelectionWarning, selection_warnings
+from ..sources import open_features
 
 STRATIFY_MODES = ("proportional", "balanced")
 
 
 @dataclass
 class MethodOutput:
-    """What ``_select`` returns: local row indices, optional weights, diagnostics."""
+    """What ``_select`` returns: local row indices, optional weights, diagnostics, and the
+    seconds its stages took (``timings``, merged into ``info["timings"]``)."""
 
     indices: np.ndarray
     weights: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Selector:
@@ -146,9 +155,15 @@ class Selector:
     def fit(self, features: object, labels: object = None) -> Selector:
         """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``.
 
+        ``features`` may also be a path (an array file or a sketch store), a
+        :class:`~skmm.store.SketchStore` or a :class:`~skmm.gradients.GradientSketch`
+        (:func:`~skmm.sources.open_features`); their labels are used when ``labels`` is None.
         Under torchrun, every rank passes the same ``features`` (e.g. the same memory-mapped
         file or sketch store) and gets the same selection.
         """
+        features, carried = open_features(features)
+        if labels is None:
+            labels = carried
         size = distributed.world()[1]
         if size > 1 and not self.row_separable:
             self.selection_ = distributed.run_on_main(lambda: self._fit(features, labels, 1))
@@ -181,18 +196,25 @@ class Selector:
             self._memory_advice(),
             matrix.device,
         )
-        prepare_began = time.perf_counter()
-        data, info = self._prepare(matrix, codes, seed)
-        timings = {**info.pop("timings", {}), "prepare": time.perf_counter() - prepare_began}
-        select_began = time.perf_counter()
-        if budgets is None:
-            output = self._select(data, n, derive_seed(seed, "select"))
-            indices, weights = output.indices, output.weights
-            timings.update(output.info.pop("timings", {}))
-            info.update(output.info)
-        else:
-            indices, weights = self._select_per_class(data, budgets, codes, classes, seed, info)
-        timings["select"] = time.perf_counter() - select_began
+        select_seed = derive_seed(seed, "select")
+        class_seeds = (
+            [] if budgets is None else [derive_seed(seed, "class", c) for c in range(budgets.size)]
+        )
+        with track_seed_use() as seed_uses:
+            prepare_began = time.perf_counter()
+            data, info = self._prepare(matrix, codes, seed)
+            timings = {**info.pop("timings", {}), "prepare": time.perf_counter() - prepare_began}
+            select_began = time.perf_counter()
+            if budgets is None:
+                output = self._select(data, n, select_seed)
+                indices, weights = output.indices, output.weights
+                timings.update(output.timings)
+                info.update(output.info)
+            else:
+                indices, weights = self._select_per_class(
+                    data, budgets, codes, classes, class_seeds, info
+                )
+            timings["select"] = time.perf_counter() - select_began
         indices = np.asarray(indices, dtype=np.int64)
         _check_output(indices, weights, n, n_pool, type(self).__name__)
         timings["total"] = time.perf_counter() - began
@@ -202,6 +224,7 @@ class Selector:
             "n_pool": n_pool,
             "n_features": matrix.n_cols,
             "random_state": seed,
+            "random_state_used": seed_uses[0] > 0,
             "device": str(matrix.device),
             "params": {
                 k: v
@@ -211,9 +234,23 @@ class Selector:
             **info,
             "timings": timings,
         }
+        if not info["random_state_used"]:
+            info["random_state_note"] = (
+                f"{self.name} with these options is deterministic: random_state was not used, "
+                "and every seed gives this selection"
+            )
+        if codes is not None and classes is not None:
+            info["class_counts"] = {
+                "labels": classes.tolist(),
+                "pool": np.bincount(codes, minlength=classes.size).tolist(),
+                "coreset": np.bincount(codes[indices], minlength=classes.size).tolist(),
+            }
         if size > 1:
             info["distributed"] = {"world_size": size, "ran_on": "all ranks"}
-        return Selection(indices, weights, info)
+        selection = Selection(indices, weights, info)
+        for message in selection_warnings(info):
+            warnings.warn(message, SelectionWarning, stacklevel=4)
+        return selection
 
     def _select_per_class(
         self,
@@ -221,7 +258,7 @@ class Selector:
         budgets: np.ndarray,
         codes: np.ndarray,
         classes: np.ndarray,
-        seed: int,
+        seeds: list[int],
         info: dict[str, Any],
     ) -> tuple[np.ndarray, np.ndarray | None]:
         n = int(budgets.sum())
@@ -237,15 +274,14 @@ class Selector:
                 "budget": int(budget),
             }
             if budget > 0:
-                output = self._select(
-                    self._restrict(data, rows), int(budget), derive_seed(seed, "class", code)
-                )
+                output = self._select(self._restrict(data, rows), int(budget), seeds[code])
                 all_indices.append(rows[np.asarray(output.indices, dtype=np.int64)])
                 if output.weights is None:
                     weighted = False
                 else:
                     all_weights.append(np.asarray(output.weights) * (budget / n))
                 entry.update(output.info)
+                entry["timings"] = output.timings
             per_class.append(entry)
         info["classes"] = per_class
         indices = np.concatenate(all_indices)
@@ -293,6 +329,21 @@ def class_budgets(
         raise ValueError(
             f"unknown stratify {stratify!r}; use True, 'proportional', 'balanced', "
             "or a mapping from label to budget"
+        )
+    left_out = np.flatnonzero((budgets == 0) & (sizes > 0))
+    if left_out.size and not isinstance(stratify, Mapping):
+        named = ", ".join(repr(classes[c].item()) for c in left_out[:5])
+        more = f" and {left_out.size - 5} more" if left_out.size > 5 else ""
+        short = (
+            f"n = {n} is below the {int((sizes > 0).sum())} classes"
+            if n < int((sizes > 0).sum())
+            else "their shares round to 0 rows"
+        )
+        warnings.warn(
+            f"stratify={stratify!r}: {left_out.size} class(es) get no rows ({named}{more}): "
+            f"{short}; raise n, or pass explicit budgets as a mapping from label to rows",
+            SelectionWarning,
+            stacklevel=5,
         )
     too_small = np.flatnonzero(budgets > sizes)
     if too_small.size:

@@ -220,13 +220,13 @@ class SkMM(Selector):
             )
             indices = np.sort(numpy_rng(seed, "rounding").choice(pool, size=n, replace=False))
             weights = np.full(n, 1.0 / n) if self._objective() == "diagonal" else None
-            return MethodOutput(indices, weights, {**diagnostics, "timings": timings})
+            return MethodOutput(indices, weights, diagnostics, timings)
         if self._objective() == "diagonal":
             output = self._match_diagonal(data, spec, rank, n, seed)
         else:
             output = self._match_matrix(data, spec, n)
         output.info = {**diagnostics, **output.info}
-        output.info["timings"] = {**timings, **output.info.get("timings", {})}
+        output.timings = {**timings, **output.timings}
         return output
 
     def _match_matrix(self, data: PoolRows, spec: Spectrum, n: int) -> MethodOutput:
@@ -249,9 +249,8 @@ class SkMM(Selector):
             "c_S": 1.0 / smallest if smallest > 1e-12 else float("inf"),
             "c_S_directions": choice.k,
             "greedy": {"gains": result.gains.tolist(), "evaluations": result.evaluations},
-            "timings": {"design": time.perf_counter() - began},
         }
-        return MethodOutput(result.order, None, info)
+        return MethodOutput(result.order, None, info, {"design": time.perf_counter() - began})
 
     def _match_diagonal(
         self, data: PoolRows, spec: Spectrum, rank: int, n: int, seed: int
@@ -299,9 +298,8 @@ class SkMM(Selector):
             "objective": result.objective,
             "coreset_objective": problem.objective(problem.moments_of(drawn)),
             **coreset_condition(picked, values, spec.intrinsic_dimension()),
-            "timings": timings,
         }
-        return MethodOutput(indices, chosen, info)
+        return MethodOutput(indices, chosen, info, timings)
 
 
 def _local_indicator(

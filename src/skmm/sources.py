@@ -1,0 +1,65 @@
+"""What a user may hand ``skmm.select`` besides a matrix: a path, a store or a gradient sketch.
+
+:func:`open_features` turns a path to an array file (.npy memory-mapped, .npz, .safetensors)
+or to a ``skmm sketch`` store, a :class:`~skmm.store.SketchStore`, or the
+:class:`~skmm.gradients.GradientSketch` of ``sketch_gradients`` into the matrix it stands
+for and the labels it carries. The library's ``select``/``fit`` and the CLI share it; the
+validation in :mod:`skmm.inputs` then sees only arrays, tensors and lazy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .inputs import is_streamed
+from .io import load_array
+from .store import SketchStore, is_store
+
+
+def open_features(source: object, key: str | None = None) -> tuple[object, np.ndarray | None]:
+    """The (N, r) matrix ``source`` stands for, and the labels it carries (or None).
+
+    A path names a ``skmm sketch`` store (its rows read lazily, each shard's checksum checked
+    on first read) or an array file (.npy memory-mapped, .npz, .safetensors; ``key`` names
+    the array); a :class:`~skmm.store.SketchStore` or the
+    :class:`~skmm.gradients.GradientSketch` that ``sketch_gradients`` returns gives its
+    features and labels; anything else is returned as it is, without labels.
+    """
+    if isinstance(source, (np.ndarray, torch.Tensor)) or is_streamed(source):
+        return _no_key(source, key), None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if is_store(path):
+            _no_key(path, key)
+            source = SketchStore.open(path, verify=False)
+        elif path.is_dir():
+            raise ValueError(
+                f"{path} is a directory, not an array file or a sketch store (it holds no "
+                "manifest.json); "
+                "pass a store written by `skmm sketch` / sketch_gradients(store=...), or an "
+                "array file (.npy, .npz, .safetensors)"
+            )
+        else:
+            return load_array(path, key), None
+    if isinstance(source, SketchStore):
+        return _no_key(source.features, key), source.labels
+    sketching = sys.modules.get("skmm.gradients.sketching")
+    if sketching is not None and isinstance(source, sketching.GradientSketch):
+        return _no_key(source.features, key), source.labels
+    return _no_key(source, key), None
+
+
+def _no_key(source: object, key: str | None) -> object:
+    """``source``, or an error when a key was given for something that holds one array."""
+    if key is not None:
+        what = source if isinstance(source, Path) else type(source).__name__
+        raise ValueError(
+            f"key {key!r} names an array inside an .npz or .safetensors file; {what} holds "
+            "one matrix"
+        )
+    return source
