@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import skmm
+from tiny_models import tiny_bert
 
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
@@ -27,17 +28,7 @@ class WeightedTrainer(transformers.Trainer):
 
 
 def test_a_trainer_trains_on_a_weighted_selection(tmp_path):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    model = transformers.BertForSequenceClassification(config)
+    model = tiny_bert()
     gen = torch.Generator().manual_seed(0)
     train = datasets.Dataset.from_dict(
         {

@@ -7,22 +7,9 @@ from torch.utils.data import TensorDataset
 
 import skmm
 from skmm.gradients.params import blocks, describe_params, resolve_params
+from tiny_models import tiny_bert
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(config)
 
 
 def names(model, params):

@@ -7,23 +7,10 @@ import torch
 import skmm
 from skmm.gradients import sketch_gradients
 from skmm.gradients.params import resolve_params
+from tiny_models import tiny_bert
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-
-
-def tiny_bert(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(config)
 
 
 def token_batches(rows=12, length=7, batch=5, seed=0):
