@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import skmm
 from skmm import Selection
 from skmm.cli import main
 
@@ -239,8 +240,11 @@ def test_stratify_takes_true_false_words(labeled_files, capsys, word, stratified
     args = ["select", str(features), "--n", "10", "--seed", "0", "--labels", str(labels)]
     assert main([*args, "--stratify", word, "--sketch-dim", "8", "--quiet"]) == 0
     picked = [int(line) for line in capsys.readouterr().out.split()]
-    counts = np.bincount(np.repeat([0, 1, 2], [120, 60, 20])[picked], minlength=3)
-    assert len(set(picked)) == 10 and (counts.tolist() == [6, 3, 1]) == stratified
+    classes = np.repeat([0, 1, 2], [120, 60, 20])
+    options = {"labels": classes, "random_state": 0, "sketch_dim": 8}
+    expected = skmm.select(np.load(features), 10, stratify=stratified, **options)
+    other = skmm.select(np.load(features), 10, stratify=not stratified, **options)
+    assert picked == expected.indices.tolist() and picked != other.indices.tolist()
 
 
 def test_the_summary_goes_to_stderr_and_the_picture_to_a_png(labeled_files, tmp_path):
@@ -262,8 +266,8 @@ def test_the_summary_goes_to_stderr_and_the_picture_to_a_png(labeled_files, tmp_
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.split()) == 12 and all(line.isdigit() for line in done.stdout.split())
-    assert "directions matched: k = " in done.stderr and "c_S = " in done.stderr
-    assert "  class      pool  share  coreset  share" in done.stderr
+    assert "one design per class" in done.stderr  # labels alone stratify SkMM
+    assert "  class      pool  share  coreset  share     k      c_S" in done.stderr
     assert f"picture written to {picture}" in done.stderr
     assert picture.read_bytes()[:4] == b"\x89PNG"
 

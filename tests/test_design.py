@@ -108,10 +108,15 @@ def test_whitening_makes_the_pool_moment_the_identity():
 @pytest.mark.parametrize(
     ("scales", "requested", "sketch_dim", "budget", "expected"),
     [
-        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "auto", None, None, (3, "eigengap")),
+        # a clean gap at 3 raises k above n/2 = 2 when the budget can cover it (n > 3) ...
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "auto", None, 4, (3, "eigengap")),
+        # ... not when it cannot, and never lowers k below n/2
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "auto", None, 3, (1, "budget")),
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "auto", None, 40, (8, "rank")),
+        ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], "gap", None, 40, (3, "eigengap")),
         ([10, 10, 10, 0.1, 0.1, 0.1, 0.1, 0.1], 5, None, None, (5, "given")),
-        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", None, 6, (3, "intrinsic")),
-        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", 8, None, (4, "intrinsic")),
+        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", None, 6, (3, "budget")),
+        ([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6, 1 / 7, 1 / 8], "auto", 8, 40, (4, "sketch")),
     ],
 )
 def test_choose_directions(scales, requested, sketch_dim, budget, expected):

@@ -21,19 +21,22 @@ def clusters(rows=600, classes=4, dim=20, seed=0):
 
 def test_the_summary_reports_classes_directions_c_s_and_timings():
     features, labels = clusters()
-    selection = skmm.select(features, 40, labels=labels, random_state=0, sketch_dim=16)
+    selection = skmm.select(
+        features, 40, labels=labels, random_state=0, sketch_dim=16, stratify=False
+    )
     text = selection.summary()
     lines = text.splitlines()
     assert lines[0].startswith("selected 40 of 600 rows with skmm in ")
     assert lines[0].endswith("(seed 0)")
     assert "stages: sketch " in text and "design " in text
     k = selection.info["directions"]["k"]
-    assert f"directions matched: k = {k} of m = 16 (rule " in text
-    c_s = selection.info["c_S"]
+    assert f"directions matched: k = {k} of m = 16 about the mean, and the intercept (rule " in text
+    c_s, matched = selection.info["c_S"], selection.info["c_S_directions"]
+    assert matched == k + 1
     assert (
-        f"c_S = {c_s:.3g} on the {k} matched directions: the coreset's worst-covered direction "
-        f"has 1/{c_s:.3g} = {100 / c_s:.0f}% of the pool's energy (lower is better; 1 = as well "
-        "covered as the pool)"
+        f"c_S = {c_s:.3g} on the {matched} matched directions: the coreset's worst-covered "
+        f"direction has 1/{c_s:.3g} = {100 / c_s:.0f}% of the pool's energy (lower is better; "
+        "1 = as well covered as the pool)"
     ) in text
     counts = selection.info["class_counts"]
     assert counts["labels"] == [0, 1, 2, 3] and sum(counts["coreset"]) == 40
@@ -116,6 +119,20 @@ def test_a_weight_column_carries_the_weights_into_a_hugging_face_subset():
     assert subset["label"] == labels[selection.indices].tolist()
     with pytest.raises(TypeError, match="selection.sampler"):
         selection.subset(features, weight_column="weight")
+
+
+def test_labels_alone_give_one_design_per_class_and_the_summary_shows_each():
+    features, labels = clusters()
+    selection = skmm.select(features, 40, labels=labels, random_state=0, sketch_dim=16)
+    assert selection.info["params"]["stratify"] == "proportional"
+    text = selection.summary()
+    assert "one design per class (its own moments about its mean, and the intercept)" in text
+    assert "stages: sketch " in text and "design " in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[4:8]}
+    for entry in selection.info["classes"]:
+        row = rows[str(entry["label"])]
+        assert int(row[5]) == entry["directions"]["k"]
+        assert float(row[6]) == pytest.approx(entry["c_S"], rel=1e-2)
 
 
 def test_the_picture_is_a_png_with_spectrum_pool_and_classes(tmp_path):

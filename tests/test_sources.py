@@ -47,7 +47,11 @@ def test_select_takes_a_store_path_a_store_and_a_gradient_sketch(tmp_path):
     result = skmm.sketch_gradients(
         model, data, sketch_dim=16, store=tmp_path / "store", progress=False
     )
-    reference = skmm.select(np.asarray(result.features), 10, random_state=0, sketch_dim=8)
+    # the sketch and the store carry the dataset's labels, which stratify SkMM's budget
+    labels = data.tensors[1].numpy()
+    reference = skmm.select(
+        np.asarray(result.features), 10, labels=labels, random_state=0, sketch_dim=8
+    )
     store = SketchStore.open(tmp_path / "store")
     for source in (str(tmp_path / "store"), tmp_path / "store", store, result):
         got = skmm.select(source, 10, random_state=0, sketch_dim=8)

@@ -195,14 +195,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 STRATIFY_WORDS: dict[str, bool | str | None] = {
     **dict.fromkeys(("true", "yes", "1"), True),
-    **dict.fromkeys(("false", "no", "0"), None),
+    **dict.fromkeys(("false", "no", "0"), False),
     "proportional": "proportional",
     "balanced": "balanced",
 }
 
 
 def _stratify(text: str | None) -> bool | str | None:
-    """--stratify as the API's value: True, "proportional", "balanced" or None (no strata)."""
+    """--stratify as the API's value: True, "proportional", "balanced", False (no strata), or
+    None when not given (each method's default: SkMM stratifies whenever labels are given)."""
     if text is None:
         return None
     word = text.strip().lower()
@@ -231,7 +232,7 @@ def _select_command(args: argparse.Namespace) -> int:
     features, labels = open_features(args.features, args.key)
     if args.labels:
         labels = load_array(args.labels, args.labels_key, mmap=False)
-    elif stratify is not None and labels is None:
+    elif stratify not in (None, False) and labels is None:
         raise InputError("--stratify needs --labels (or a store that holds labels)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SelectionWarning)

@@ -1,7 +1,11 @@
 """Matrix moment matching: greedy optimal design on the top sketched directions, whitened.
 
 With Σ̃ = VΛVᵀ and its top-k directions V_k, whitened coordinates z_i = Λ_k^{-1/2} V_kᵀ g̃_i
-make the pool's second moment the identity, (1/N) Σ_i z_i z_iᵀ = I. A coreset S weighted
+make the pool's second moment the identity, (1/N) Σ_i z_i z_iᵀ = I. Centered (SkMM's
+default), Σ̃ is the covariance about the mean row μ and z_i = Λ_k^{-1/2} V_kᵀ (g̃_i − μ): a
+model with a bias learns a shift of every row for free, so the design covers the spread
+around the mean, not the mean itself (which would otherwise be the top direction of any
+nonnegative features). A coreset S weighted
 uniformly has moment M_S = (1/n) Σ_{i∈S} z_i z_iᵀ, whose eigenvalues γ_1..γ_k are the
 generalized eigenvalues of (Σ̃_S, Σ̃) on that subspace: the matrix form of the paper's γ_j, with
 c_S = 1/γ_min. Matching the full matrix (not only its diagonal in V) means a coreset that
@@ -35,7 +39,7 @@ import torch
 
 from .progress import progress_bar
 from .rows import Layout, PoolRows, SpilledRows, TiledRows, row_products
-from .spectrum import Spectrum, intrinsic_dimension
+from .spectrum import Spectrum
 
 CRITERIA = ("logdet", "aopt")
 MIN_CLEAN_GAP = 10.0
@@ -67,11 +71,18 @@ def choose_directions(
     """The number k of top directions to match.
 
     An int is used as given (capped at the effective rank). ``"gap"``: the k with the largest
-    ratio λ_k/λ_{k+1}, among k ≤ m/4 for a sketch of dimension m (a sketch separates k
-    directions reliably when m ≥ 4k; ``sketch_dim=None`` for unsketched features). ``"auto"``:
-    that k when the gap is clean (ratio ≥ 10), else the intrinsic dimension
-    r̄ = min{t : Σ_{j>t} λ_j ≤ Σλ/N}, capped at m/2 and at n/2 for a budget of n rows (a
-    design needs rows to spare per direction, and the greedy's cost grows as k²).
+    ratio λ_k/λ_{k+1} among k ≤ m/4 for a sketch of dimension m (a sketch separates k
+    directions reliably when m ≥ 4k; ``sketch_dim=None`` for unsketched features).
+
+    ``"auto"``: k = min(max(⌊n/2⌋, k_gap), ⌊m/2⌋, rank), reported under the limit that binds:
+    ``"budget"`` (two coreset rows per direction, so every matched direction can be covered
+    with rows to spare), ``"eigengap"`` (a clean gap, λ_k/λ_{k+1} ≥ 10, at k_gap < n: the
+    signal lives in those k_gap directions, and covering them all takes only k_gap + 1 rows),
+    ``"sketch"`` (a sketch of dimension m resolves about m/2 directions) or ``"rank"``. A gap
+    can raise k above the budget's, never lower it: one dominant direction (the mean of
+    nonnegative features, a binary head's shared gradient direction) makes the largest gap
+    sit at k = 1, and stopping there would leave every other direction uncovered although
+    n ≫ 1 rows could cover them. ``gap`` in the result is λ_k/λ_{k+1} at the chosen k.
     """
     values = spectrum.eigenvalues.cpu().numpy()
     rank = max(1, spectrum.effective_rank())
@@ -79,30 +90,42 @@ def choose_directions(
         return DirectionChoice(min(int(requested), rank), "given", None)
     if rank == 1:
         return DirectionChoice(1, "rank", None)
-    cap = rank if sketch_dim is None else max(1, min(rank, sketch_dim // 2))
-    if budget is not None:
-        cap = max(1, min(cap, budget // 2))
-    limit = max(1, min(rank - 1, rank if sketch_dim is None else sketch_dim // 4))
     floor = values[0] * 1e-15
-    logs = np.log(np.maximum(values[: limit + 1], floor))
+    logs = np.log(np.maximum(values[: rank + 1], floor))
+    limit = max(1, min(rank - 1, rank if sketch_dim is None else sketch_dim // 4))
     gaps = logs[:limit] - logs[1 : limit + 1]
     k_gap = int(np.argmax(gaps)) + 1
-    ratio = float(np.exp(gaps[k_gap - 1]))
-    if requested == "gap" or ratio >= MIN_CLEAN_GAP:
-        return DirectionChoice(k_gap, "eigengap", ratio)
-    r_bar = intrinsic_dimension(values, spectrum.n_rows)
-    return DirectionChoice(max(1, min(r_bar, cap)), "intrinsic", ratio)
+    if requested == "gap":
+        return DirectionChoice(k_gap, "eigengap", float(np.exp(gaps[k_gap - 1])))
+    wanted, rule = (rank, "rank") if budget is None else (max(1, budget // 2), "budget")
+    if np.exp(gaps[k_gap - 1]) >= MIN_CLEAN_GAP and k_gap > wanted and (budget or 0) > k_gap:
+        wanted, rule = k_gap, "eigengap"
+    limits = {rule: wanted, "rank": rank}
+    if sketch_dim is not None:
+        limits["sketch"] = max(1, sketch_dim // 2)
+    rule = min(limits, key=lambda name: limits[name])
+    k = limits[rule]
+    ratio = float(np.exp(logs[k - 1] - logs[k])) if k < len(logs) else None
+    return DirectionChoice(k, rule, ratio)
 
 
 def whiten(rows: torch.Tensor, spectrum: Spectrum, k: int) -> torch.Tensor:
-    """z_i = Λ_k^{-1/2} V_kᵀ g̃_i for every row, float64: (N, k)."""
+    """z_i = Λ_k^{-1/2} V_kᵀ (g̃_i − μ) for every row, float64: (N, k) (μ = 0 uncentered)."""
     basis = spectrum.eigenvectors[:, :k].to(rows.device)
     scale = spectrum.eigenvalues[:k].to(rows.device).rsqrt()
-    return row_products(rows.to(torch.float64), basis) * scale
+    return row_products(rows.to(torch.float64), basis) * scale - _offset(spectrum, basis, scale)
+
+
+def _offset(spectrum: Spectrum, basis: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | float:
+    """Λ_k^{-1/2} V_kᵀ μ, what centering subtracts from every whitened row (0 uncentered)."""
+    if spectrum.mean is None:
+        return 0.0
+    return (spectrum.mean.to(basis.device) @ basis) * scale
 
 
 class WhitenedRows:
-    """z_i = Λ_k^{-1/2} V_kᵀ g̃_i (float64) for this rank's rows of a pool.
+    """z_i = Λ_k^{-1/2} V_kᵀ (g̃_i − μ) (float64) for this rank's rows of a pool (μ the mean row
+    of a centered spectrum, else 0); with ``intercept``, (z_i, 1), whose pool moment is still I.
 
     z is computed once, chunk by chunk. ``keep``: held in memory (in-memory pools);
     otherwise spilled to a temporary file (:class:`~skmm.rows.SpilledRows`) and read back by
@@ -111,15 +134,26 @@ class WhitenedRows:
     """
 
     def __init__(
-        self, rows: PoolRows, spectrum: Spectrum | None, k: int | None, *, keep: bool
+        self,
+        rows: PoolRows,
+        spectrum: Spectrum | None,
+        k: int | None,
+        *,
+        keep: bool,
+        intercept: bool = False,
     ) -> None:
         self.rows = rows
         self.layout = rows.layout
         self.k = rows.n_cols if spectrum is None or k is None else k
+        self.intercept = intercept and spectrum is not None
         self._basis = self._scale = None
+        self._offset: torch.Tensor | float = 0.0
         if spectrum is not None:
             self._basis = spectrum.eigenvectors[:, : self.k].to(rows.device)
             self._scale = spectrum.eigenvalues[: self.k].to(rows.device).rsqrt()
+            self._offset = _offset(spectrum, self._basis, self._scale)
+        if self.intercept:
+            self.k += 1
         self._kept: torch.Tensor | None = None
         self._spilled: SpilledRows | None = None
         if keep:
@@ -143,7 +177,10 @@ class WhitenedRows:
         rows = rows.to(torch.float64)
         if self._basis is None:
             return rows
-        return row_products(rows, self._basis) * self._scale
+        z = row_products(rows, self._basis) * self._scale - self._offset
+        if self.intercept:
+            z = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1)
+        return z
 
     def chunks(self) -> Iterator[torch.Tensor]:
         """z of this rank's rows, chunk by chunk in order."""

@@ -140,6 +140,10 @@ def _spectrum_panel(axis: Any, info: dict[str, Any], pool_rows: np.ndarray) -> N
         axis.axvline(k + 0.5, color="tab:red", ls="--", lw=1)
         rule = f", rule {directions['rule']}" if isinstance(directions, dict) else ""
         title += f"\nk = {k} matched directions{rule}"
+    per_class = [e["directions"]["k"] for e in info.get("classes") or [] if "directions" in e]
+    if per_class and not k:
+        span = f"{min(per_class)}–{max(per_class)}" if min(per_class) < max(per_class) else ""
+        title += f"\none design per class, k = {span or per_class[0]} directions each"
     axis.set_title(title, fontsize=10)
     axis.set_xlabel("eigenvalue index")
     axis.set_ylabel("eigenvalue")

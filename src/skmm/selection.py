@@ -16,7 +16,7 @@ from .io import load_array, read_json, sniff_format, write_json, write_npy, writ
 
 FORMAT = "skmm.selection"
 FORMAT_VERSION = 1
-AUTOMATIC_RULES = ("eigengap", "intrinsic")
+AUTOMATIC_RULES = ("budget", "eigengap", "sketch", "rank")
 """SkMM's direction rules that choose k from the spectrum (not given, not the rank)."""
 
 
@@ -201,39 +201,57 @@ class Selection:
         if "random_state" in info:
             head += f" (seed {info['random_state']})"
         lines = [head]
-        stages = [
-            f"{name} {seconds:.2f}s"
+        per_class = [entry for entry in info.get("classes") or [] if "directions" in entry]
+        stage_seconds = {
+            name: seconds
             for name, seconds in timings.items()
             if name not in ("total", "prepare", "select")
-        ]
-        if stages:
-            lines.append(f"  stages: {', '.join(stages)}")
+        }
+        for entry in per_class:
+            for name, seconds in (entry.get("timings") or {}).items():
+                stage_seconds[name] = stage_seconds.get(name, 0.0) + seconds
+        if stage_seconds:
+            stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in stage_seconds.items())
+            lines.append(f"  stages: {stages}")
         directions = info.get("directions")
         if isinstance(directions, dict):
             sketch = info.get("sketch") or {}
             of = f" of m = {sketch['sketch_dim']}" if "sketch_dim" in sketch else ""
             gap = directions.get("gap_ratio")
             ratio = f", eigengap ratio {gap:.3g}" if isinstance(gap, (int, float)) else ""
+            about = " about the mean, and the intercept" if info.get("centered") else ""
             lines.append(
-                f"  directions matched: k = {directions['k']}{of} "
+                f"  directions matched: k = {directions['k']}{of}{about} "
                 f"(rule {directions['rule']!r}{ratio})"
             )
         if "c_S" in info:
             lines.append("  " + _explain_c_s(info["c_S"], info.get("c_S_directions")))
+        designs = {entry["label"]: entry for entry in per_class}
+        if designs:
+            about = " about its mean, and the intercept" if per_class[0].get("centered") else ""
+            lines.append(f"  one design per class (its own moments{about}): k and c_S below")
         counts = info.get("class_counts")
         if counts:
             pool_total, core_total = sum(counts["pool"]), max(1, sum(counts["coreset"]))
             width = max(5, *(len(str(label)) for label in counts["labels"]))
+            extra = f"  {'k':>4} {'c_S':>8}" if designs else ""
             lines.append(
                 f"  {'class':<{width}}  {'pool':>8} {'share':>6}  {'coreset':>7} {'share':>6}"
+                + extra
             )
             for label, pool, got in zip(
                 counts["labels"], counts["pool"], counts["coreset"], strict=True
             ):
-                lines.append(
+                line = (
                     f"  {label!s:<{width}}  {pool:>8} {100 * pool / pool_total:5.1f}%"
                     f"  {got:>7} {100 * got / core_total:5.1f}%"
                 )
+                if label in designs:
+                    entry = designs[label]
+                    c_s = entry.get("c_S")
+                    c_s_text = "inf" if c_s is None or not math.isfinite(c_s) else f"{c_s:.3g}"
+                    line += f"  {entry['directions']['k']:>4} {c_s_text:>8}"
+                lines.append(line)
         if "random_state_note" in info:
             lines.append(f"  note: {info['random_state_note']}")
         lines.extend(f"  warning: {message}" for message in selection_warnings(info))

@@ -15,11 +15,13 @@ UNSKETCHED_MAX_COLUMNS = 16384
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Eigenpairs of Σ̃ = G̃ᵀG̃/N, eigenvalues in descending order (negatives clipped to 0)."""
+    """Eigenpairs of Σ̃ = G̃ᵀG̃/N, or of the centered Σ̃ − μμᵀ (μ = the mean row, ``mean``;
+    None when uncentered), eigenvalues in descending order (negatives clipped to 0)."""
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
     n_rows: int
+    mean: torch.Tensor | None = None
 
     @property
     def trace(self) -> float:
@@ -51,25 +53,47 @@ def pool_covariance(rows: PoolRows) -> torch.Tensor:
     Chunk products G̃_cᵀG̃_c are added in chunk order into one partial per block and the
     partials in block order (:mod:`skmm.rows`), so Σ̃ is the same on 1 or P ranks.
     """
+    return pool_moments(rows, with_mean=False)[1]
+
+
+def pool_moments(
+    rows: PoolRows, with_mean: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(μ, Σ̃): the mean row (None unless ``with_mean``) and G̃ᵀG̃/N, float64, in one pass.
+
+    Both are summed per block in chunk order and folded in block order, so they are the same
+    on 1 or P ranks.
+    """
     width = rows.n_cols
-    like = torch.zeros(width, width, dtype=torch.float64, device=rows.device)
-    partials = [like.clone() for _ in rows.layout.local_blocks()]
+    square = torch.zeros(width, width, dtype=torch.float64, device=rows.device)
+    line = torch.zeros(width, dtype=torch.float64, device=rows.device)
+    blocks = rows.layout.local_blocks()
+    squares = [square.clone() for _ in blocks]
+    sums = [line.clone() for _ in blocks]
     for block, _, chunk in rows.chunks():
         chunk = chunk.to(torch.float64)
-        partials[block] = partials[block] + chunk.T @ chunk
-    return rows.layout.fold(partials, like) / rows.n_rows
+        squares[block] = squares[block] + chunk.T @ chunk
+        if with_mean:
+            sums[block] = sums[block] + chunk.sum(dim=0)
+    second = rows.layout.fold(squares, square) / rows.n_rows
+    mean = rows.layout.fold(sums, line) / rows.n_rows if with_mean else None
+    return mean, second
 
 
-def spectrum(rows: torch.Tensor | PoolRows) -> Spectrum:
-    """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64.
+def spectrum(rows: torch.Tensor | PoolRows, center: bool = False) -> Spectrum:
+    """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64;
+    with ``center``, of the covariance Σ̃ − μμᵀ about the mean row μ.
 
     A tensor is the whole pool on this process; :class:`~skmm.rows.PoolRows` are this
     rank's rows of a pool spread over ranks.
     """
     pool = rows if isinstance(rows, PoolRows) else PoolRows.from_tensor(rows)
-    values, vectors = torch.linalg.eigh(pool_covariance(pool))
+    mean, second = pool_moments(pool, with_mean=center)
+    if mean is not None:
+        second = second - torch.outer(mean, mean)
+    values, vectors = torch.linalg.eigh(second)
     order = torch.argsort(values, descending=True)
-    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], pool.n_rows)
+    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], pool.n_rows, mean)
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, n_rows: int) -> int:

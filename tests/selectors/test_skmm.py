@@ -33,20 +33,26 @@ def test_matrix_objectives_cover_every_cluster_of_the_mixture(objective, pool_se
     pool = make_mixture(1000, 600, n_clusters=8, seed=pool_seed)
     selection = skmm.select(pool.features, 12, objective=objective, random_state=0)
     assert np.unique(pool.clusters[selection.indices]).size == 8
-    assert selection.info["directions"] == pytest.approx(
-        {"k": 8, "rule": "eigengap", "gap_ratio": selection.info["directions"]["gap_ratio"]}
+    # centered, the 8 clusters span 7 directions (a clean gap), plus the intercept: 8 in all
+    directions = selection.info["directions"]
+    assert (directions["k"], directions["rule"], selection.info["c_S_directions"]) == (
+        7,
+        "eigengap",
+        8,
     )
     assert np.isfinite(selection.info["c_S"])
 
 
 def test_aopt_allocates_like_the_square_root_of_cluster_shares():
     # Σ_c p_c / n_c, the variance of a cluster-mean fit, is least at n_c ∝ √p_c (A-optimal);
-    # log det spreads the budget evenly.
+    # log det spreads the budget evenly. One centered direction plus the intercept spans the
+    # two cluster indicators, and both objectives are invariant to that change of basis.
     rows = np.repeat(np.eye(2), [900, 100], axis=0) + 1e-3 * np.random.default_rng(
         0
     ).standard_normal((1000, 2))
-    aopt = skmm.select(rows, 40, objective="aopt", random_state=0).indices
-    logdet = skmm.select(rows, 40, objective="logdet", random_state=0).indices
+    options = {"directions": 1, "random_state": 0}
+    aopt = skmm.select(rows, 40, objective="aopt", **options).indices
+    logdet = skmm.select(rows, 40, objective="logdet", **options).indices
     assert np.sum(aopt < 900) == 30  # √0.9 : √0.1 = 3 : 1
     assert np.sum(logdet < 900) == 20
 
@@ -56,19 +62,21 @@ def test_directions_and_ridge_options():
     given = skmm.select(pool.features, 10, directions=3, ridge=1e-3, random_state=0)
     assert given.info["directions"]["k"] == 3 and given.info["directions"]["rule"] == "given"
     gap = skmm.select(pool.features, 10, directions="gap", random_state=0)
-    assert gap.info["directions"]["k"] == 4
+    assert gap.info["directions"]["k"] == 3  # 4 clusters span 3 directions about their mean
+    uncentered = skmm.select(pool.features, 10, directions="gap", center=False, random_state=0)
+    assert uncentered.info["directions"]["k"] == 4
 
 
-def test_without_a_clean_gap_k_is_capped_by_the_budget_and_the_sketch_dimension():
-    # Power-law spectrum: no eigengap reaches 10, so k falls back to r̄, capped at m/2 and n/2.
+def test_without_a_clean_gap_k_is_half_the_budget_capped_by_the_sketch_dimension():
+    # Power-law spectrum, no clean eigengap: k = n/2, capped at m/2 and at the rank.
     rows = np.random.default_rng(0).standard_normal((2000, 100)) / np.arange(1, 101)
     small = skmm.select(rows, 20, sketch_dim=128, random_state=0).info["directions"]
-    assert small == {"k": 10, "rule": "intrinsic", "gap_ratio": small["gap_ratio"]}
+    assert small == {"k": 10, "rule": "budget", "gap_ratio": small["gap_ratio"]}
     assert small["gap_ratio"] < 10
     large = skmm.select(rows, 200, sketch_dim=128, random_state=0).info["directions"]
-    assert large["k"] == 64  # r = 100 ≤ m = 128 skips the sketch, the m/2 cap stays
-    unsketched = skmm.select(rows, 200, sketch="none", random_state=0).info
-    assert unsketched["directions"]["k"] == unsketched["intrinsic_dimension"] > 64
+    assert large["k"] == 64 and large["rule"] == "sketch"  # r = 100 ≤ m: the m/2 cap stays
+    unsketched = skmm.select(rows, 300, sketch="none", random_state=0).info["directions"]
+    assert (unsketched["k"], unsketched["rule"]) == (100, "rank")
 
 
 def test_diagonal_objective_reports_its_solver():
@@ -131,7 +139,8 @@ def test_duplicate_rows_are_never_picked_twice_and_all_directions_are_covered():
     rows = np.repeat(np.eye(3), [10, 10, 3], axis=0)
     selection = skmm.select(rows, 6, random_state=0)
     assert len(np.unique(selection.indices)) == 6
-    assert selection.info["directions"]["k"] == 3
+    # three distinct rows span 2 directions about their mean, plus the intercept
+    assert (selection.info["directions"]["k"], selection.info["c_S_directions"]) == (2, 3)
     assert np.bincount(selection.indices // 10, minlength=3).min() >= 1
 
 
@@ -219,3 +228,29 @@ def test_recorded_options_are_the_options_used(options, recorded, unset):
     params = skmm.select(features, 6, random_state=0, **options).info["params"]
     assert {name: params[name] for name in recorded} == recorded
     assert all(params[name] is None for name in unset)  # the other objective's: unused
+
+
+def test_labels_give_class_proportional_budgets_unless_stratify_is_false():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((300, 20))
+    labels = np.repeat([0, 1, 2], [200, 60, 40])
+    given = skmm.select(features, 30, labels=labels, random_state=0)
+    assert np.bincount(labels[given.indices]).tolist() == [20, 6, 4]
+    assert given.info["params"]["stratify"] == "proportional"
+    assert [entry["budget"] for entry in given.info["classes"]] == [20, 6, 4]
+    pooled = skmm.select(features, 30, labels=labels, random_state=0, stratify=False)
+    assert pooled.info["params"]["stratify"] is False and "classes" not in pooled.info
+    # other methods keep selecting over the whole pool when only labels are given
+    assert (
+        skmm.select(features, 30, "uniform", labels=labels, random_state=0).info["params"][
+            "stratify"
+        ]
+        is None
+    )
+
+
+def test_center_must_be_a_boolean():
+    with pytest.raises(TypeError, match="center must be True or False"):
+        skmm.select(np.eye(5), 2, center="yes")
+    with pytest.raises(ValueError, match="do not apply to objective='diagonal'"):
+        skmm.select(np.eye(5), 2, objective="diagonal", center=False)

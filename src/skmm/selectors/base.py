@@ -10,7 +10,9 @@ A selector is an estimator in scikit-learn's style: parameters in ``__init__``, 
   weights and diagnostics.
 
 With ``stratify`` and labels, :meth:`fit` splits the budget over classes and runs
-``_select`` on each class's rows with its own derived seed.
+``_select`` on each class's rows with its own derived seed. A method marked
+``stratify_with_labels`` (SkMM) does so, with class-proportional budgets, whenever labels are
+given and ``stratify`` is left at None (``stratify=False`` turns it off).
 
 Under torchrun every rank calls :meth:`fit` with the same arguments. A selector marked
 ``row_separable`` (SkMM, uniform) then works on this rank's rows (:mod:`skmm.rows`) and
@@ -63,6 +65,8 @@ class Selector:
     requires_labels: ClassVar[bool] = False
     row_separable: ClassVar[bool] = False
     """True when the method runs on each rank's rows and reduces across ranks."""
+    stratify_with_labels: ClassVar[bool] = False
+    """True when labels alone (``stratify=None``) mean class-proportional budgets."""
 
     def __init__(
         self,
@@ -187,7 +191,10 @@ class Selector:
             classes, codes = check_labels(labels, n_pool)
         elif self.requires_labels:
             raise ValueError(f"method {self.name!r} needs labels: pass labels=... (one per row)")
-        budgets = class_budgets(self.stratify, n, classes, codes)
+        stratify = self.stratify
+        if stratify is None and codes is not None and self.stratify_with_labels:
+            stratify = "proportional"
+        budgets = class_budgets(stratify, n, classes, codes)
         self._check_params(n_pool, matrix.n_cols)
         itemsize = torch.empty((), dtype=matrix.compute_dtype).element_size()
         check_memory(
@@ -228,7 +235,11 @@ class Selector:
             "device": str(matrix.device),
             "params": {
                 k: v
-                for k, v in {**self.get_params(), **self._resolved_options()}.items()
+                for k, v in {
+                    **self.get_params(),
+                    **self._resolved_options(),
+                    "stratify": stratify,
+                }.items()
                 if k != "random_state"
             },
             **info,

@@ -1,11 +1,13 @@
 """SkMM: sketch the gradients, then match the sketched moments.
 
 1. Sketch G (N × r) to G̃ = GΓ (N × m) with a block-seeded JL map (skipped when r ≤ m).
-2. Σ̃ = G̃ᵀG̃/N = VΛVᵀ in float64.
+2. Σ̃ = VΛVᵀ in float64: the covariance G̃ᵀG̃/N − μμᵀ about the mean row μ for the matrix
+   objectives (``center=True``), the uncentered G̃ᵀG̃/N for the diagonal one.
 3. Match moments, by one of two objectives:
    - matrix moment matching (``objective="logdet"`` or ``"aopt"``, :mod:`skmm.design`): on the
-     top-k directions, whitened so the pool's moment is I, pick rows greedily to maximize
-     log det of the coreset's moment (or minimize tr of its inverse);
+     top-k directions, whitened so the pool's moment is I and joined by the intercept
+     coordinate, pick rows greedily to maximize log det of the coreset's moment (or minimize
+     tr of its inverse); with labels, class by class (per-class budgets);
    - the paper's diagonal objective (``objective="diagonal"``, :mod:`skmm.moments`):
      min_{s ∈ [0,1/n]^N, Σs=1} Σ_j (λ_j/c − (Pᵀs)_j)_+² with P_ij = (v_jᵀ g̃_i)², solved by
      accelerated projected gradient from s = 1/n on n uniform rows, then rounded to exactly
@@ -47,7 +49,7 @@ OBJECTIVES = ("diagonal", *CRITERIA)
 OBJECTIVE_ALIASES = {"seed": "diagonal"}  # the diagonal objective's former name
 DIRECTION_RULES = ("auto", "gap")
 DIAGONAL_DEFAULTS = {"c": 1.0, "rounding": "systematic", "max_iter": 1000, "tol": 1e-4}
-MATRIX_DEFAULTS = {"directions": "auto", "ridge": 1e-6}
+MATRIX_DEFAULTS = {"directions": "auto", "ridge": 1e-6, "center": True}
 
 
 @register
@@ -57,13 +59,18 @@ class SkMM(Selector):
     Options beyond the common ones: ``sketch_dim`` (m), ``sketch`` ("gaussian",
     "sparse_sign" or "none"), ``batch_size`` (rows per sketching batch) and ``objective``:
     "aopt" (default) or "logdet" (matrix moment matching on the top ``directions`` whitened
-    directions, with ``ridge`` ε), or "diagonal" (the paper's diagonal objective, with
-    ``c``, ``rounding``, ``max_iter`` and ``tol``; "seed" is its deprecated former name).
-    Options of the other objective are refused.
+    directions of the covariance about the mean row, with the intercept, or with
+    ``center=False`` of the uncentered second moment; ``ridge`` ε), or "diagonal" (the
+    paper's diagonal objective, with ``c``, ``rounding``, ``max_iter`` and ``tol``; "seed" is
+    its deprecated former name).
+    Options of the other objective are refused. SkMM uses labels only for per-class
+    budgets, so with ``labels`` and ``stratify`` left at None it selects each class's
+    proportional share of rows by its own design (``stratify=False``: over the whole pool).
     """
 
     name = "skmm"
     row_separable = True
+    stratify_with_labels = True
 
     def __init__(
         self,
@@ -74,6 +81,7 @@ class SkMM(Selector):
         objective: str = "aopt",
         directions: int | str | None = None,
         ridge: float | None = None,
+        center: bool | None = None,
         c: float | None = None,
         rounding: str | None = None,
         max_iter: int | None = None,
@@ -92,6 +100,7 @@ class SkMM(Selector):
         self.objective = objective
         self.directions = directions
         self.ridge = ridge
+        self.center = center
         self.c = c
         self.rounding = rounding
         self.max_iter = max_iter
@@ -154,6 +163,8 @@ class SkMM(Selector):
             else:
                 check_positive_int(directions, "directions")
             check_positive_float(self._option("ridge"), "ridge")
+            if not isinstance(self._option("center"), (bool, np.bool_)):
+                raise TypeError(f"center must be True or False, got {self.center!r}")
         if (self.sketch == "none" or n_cols <= self.sketch_dim) and n_cols > UNSKETCHED_MAX_COLUMNS:
             gib = n_cols * n_cols * 8 / 2**30
             raise ValueError(
@@ -203,7 +214,8 @@ class SkMM(Selector):
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
         pool = data.n_rows
         began = time.perf_counter()
-        spec = spectrum(data)
+        centered = self._objective() != "diagonal" and bool(self._option("center"))
+        spec = spectrum(data, center=centered)
         rank = spec.effective_rank()
         timings = {"spectrum": time.perf_counter() - began}
         diagnostics: dict[str, Any] = {
@@ -213,11 +225,16 @@ class SkMM(Selector):
             "eigenvalues": spec.eigenvalues[:64].tolist(),
         }
         if n == pool or rank == 0:
-            diagnostics["note"] = (
-                "n equals the pool size: every row is selected"
-                if n == pool
-                else "all features are zero: no direction to match, rows drawn uniformly"
-            )
+            if n == pool:
+                note = "n equals the pool size: every row is selected"
+            elif centered and bool(spec.mean.abs().max() > 0):
+                note = (
+                    "all rows are equal: no direction to match about their mean, rows drawn "
+                    "uniformly"
+                )
+            else:
+                note = "all features are zero: no direction to match, rows drawn uniformly"
+            diagnostics["note"] = note
             indices = np.sort(numpy_rng(seed, "rounding").choice(pool, size=n, replace=False))
             weights = np.full(n, 1.0 / n) if self._objective() == "diagonal" else None
             return MethodOutput(indices, weights, diagnostics, timings)
@@ -236,7 +253,9 @@ class SkMM(Selector):
         """
         began = time.perf_counter()
         choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
-        whitened = WhitenedRows(data, spec, choice.k, keep=data.in_memory)
+        whitened = WhitenedRows(
+            data, spec, choice.k, keep=data.in_memory, intercept=spec.mean is not None
+        )
         result = greedy_design(
             whitened, n, self._objective(), self._option("ridge"), progress=self.progress
         )
@@ -244,10 +263,11 @@ class SkMM(Selector):
         smallest = float(gammas[0])
         info = {
             "directions": {"k": choice.k, "rule": choice.rule, "gap_ratio": choice.gap},
+            "centered": spec.mean is not None,
             "gamma_min": smallest,
             "gamma_max": float(gammas[-1]),
             "c_S": 1.0 / smallest if smallest > 1e-12 else float("inf"),
-            "c_S_directions": choice.k,
+            "c_S_directions": whitened.k,
             "greedy": {"gains": result.gains.tolist(), "evaluations": result.evaluations},
         }
         return MethodOutput(result.order, None, info, {"design": time.perf_counter() - began})
