@@ -127,22 +127,28 @@ def _powers_of_two(exponents: torch.Tensor) -> torch.Tensor:
 
 
 def _integer_rows(
-    rows: torch.Tensor, bits: int, slices: int
+    rows: torch.Tensor, bits: int, slices: int, buffer: torch.Tensor | None = None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Rows as integer-valued float64 slices and a power-of-two scale per row.
 
     x ≈ scale · Σ_s slice_s · 2^(−s·bits) with |slice_s| ≤ 2^bits: each row is multiplied by
     2^(bits − e), 2^e the power of two above its largest |x|, and rounded (the remainder,
     scaled by 2^bits, gives the next slice). Every step is exact or a deterministic rounding.
-    float32 rows are scaled and rounded in float32 (exact: the scale is a power of two, and
-    a float32 of magnitude 2^24 or more is an integer already) unless a row is so small that
-    2^(bits − e) is not a normal float32.
+    float32 rows are scaled in float32 (exact: the scale is a power of two, and a product
+    below float32's normal range rounds to 0 either way), written into ``buffer`` (a reused
+    float64 tensor of at least the rows' shape, which spares page faults on fresh memory) and
+    rounded there, unless a row is so small that 2^(bits − e) is not a normal float32.
     """
-    exponent = torch.frexp(rows.abs().amax(dim=1, keepdim=True)).exponent
+    top = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
+    exponent = torch.frexp(top).exponent  # of the largest |x|
     if rows.dtype == torch.float32 and slices == 1 and int(exponent.min()) >= bits - 127:
         up = _powers_of_two(bits - exponent).to(torch.float32)  # a normal float32
-        scaled = torch.mul(rows, up).round_()
-        return [scaled.to(torch.float64)], _powers_of_two(exponent - bits)
+        if buffer is None:
+            scaled = torch.empty(rows.shape, dtype=torch.float64, device=rows.device)
+        else:
+            scaled = buffer[: rows.shape[0], : rows.shape[1]]
+        torch.mul(rows, up, out=scaled)
+        return [scaled.round_()], _powers_of_two(exponent - bits)
     exponent = exponent.clamp_(min=bits - 1022)
     scaled = torch.mul(rows.to(torch.float64), _powers_of_two(bits - exponent))  # a new tensor
     parts = [torch.round(scaled)]
@@ -307,6 +313,9 @@ class SketchMap:
         sparse = self.kind == "sparse_sign" and rows.device.type == "cpu"
         out = torch.zeros(n_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
         get = self.sparse_block if sparse else self.block
+        tile_rows = min(ROW_TILE, n_rows)
+        buffer = torch.empty(tile_rows, self.chunk_cols, dtype=torch.float64, device=rows.device)
+        products = torch.empty(tile_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
         for b, block in enumerate(self._in_order(get, sparse=sparse)):
             start = b * self.block_rows
             width = min(self.block_rows, self.n_cols - start)
@@ -315,24 +324,23 @@ class SketchMap:
                 target = out[first : first + ROW_TILE]
                 for chunk in range(0, width, self.chunk_cols):
                     columns = slice(start + chunk, start + min(chunk + self.chunk_cols, width))
-                    parts, scale = _integer_rows(tile[:, columns], self.bits, self.slices)
+                    parts, scale = _integer_rows(tile[:, columns], self.bits, self.slices, buffer)
+                    product = products[: tile.shape[0]]
                     for level, part in enumerate(parts):
                         if sparse:
-                            product = _sparse_product(block, part)
+                            _sparse_product(block, part, product)
                         else:
-                            product = part @ block[chunk : chunk + part.shape[1]]
+                            torch.mm(part, block[chunk : chunk + part.shape[1]], out=product)
                         target.addcmul_(product, scale * 2.0 ** (-level * self.bits))
         return out.mul_(self.scale)
 
 
-def _sparse_product(block: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """``part @ Qᵀ_b.T`` for the (m, rows) CSR block, in groups of ``SPARSE_GROUP_ROWS`` rows
-    so a group's transposed slice stays in cache while the CSR product gathers from it."""
-    out = torch.empty(part.shape[0], block.shape[0], dtype=torch.float64, device=part.device)
+def _sparse_product(block: torch.Tensor, part: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = part @ Qᵀ_b.T`` for the (m, rows) CSR block, in groups of ``SPARSE_GROUP_ROWS``
+    rows so a group's transposed slice stays in cache while the CSR product gathers from it."""
     for first in range(0, part.shape[0], SPARSE_GROUP_ROWS):
         piece = part[first : first + SPARSE_GROUP_ROWS].T.contiguous()
         out[first : first + SPARSE_GROUP_ROWS] = torch.sparse.mm(block, piece).T
-    return out
 
 
 def sketch(
