@@ -24,7 +24,7 @@ from skmm.gradients import sketch_gradients
 SELECTIONS = [
     ("skmm", {}),
     ("skmm", {"sketch": "sparse_sign"}),
-    ("skmm", {"objective": "seed"}),
+    ("skmm", {"objective": "diagonal"}),
     ("uniform", {}),
     ("kcenter", {}),
     ("herding", {}),
