@@ -35,6 +35,7 @@ import numpy as np
 from common import machine
 
 import skmm
+from skmm.io import write_json
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "uniform": ("uniform", {}),
@@ -56,13 +57,6 @@ REAL_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DIGITS_BUDGETS = (20, 40, 80, 160)
 
 
-def _record(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(rows))
-    temporary.replace(path)
-
-
 def _run(
     study: str,
     labels: list[str],
@@ -73,6 +67,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     """Every (label, n, seed) not yet in ``out``: ``evaluate(method, options, n, seed)``."""
     rows = json.loads(out.read_text()) if out.exists() else []
+    out.parent.mkdir(parents=True, exist_ok=True)
     have = {(r["label"], r["n"], r["seed"]) for r in rows}
     for label in labels:
         method, options = VARIANTS[label]
@@ -92,7 +87,7 @@ def _run(
                         "seconds": time.perf_counter() - began,
                     }
                 )
-                _record(out, rows)
+                write_json(out, rows)
         print(f"{label}: done", file=sys.stderr, flush=True)
     return rows
 

@@ -127,7 +127,7 @@ def _powers_of_two(exponents: torch.Tensor) -> torch.Tensor:
 
 
 def _integer_rows(
-    rows: torch.Tensor, bits: int, slices: int, buffer: torch.Tensor | None = None
+    rows: torch.Tensor, bits: int, slices: int, buffer: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Rows as integer-valued float64 slices and a power-of-two scale per row.
 
@@ -143,10 +143,7 @@ def _integer_rows(
     exponent = torch.frexp(top).exponent  # of the largest |x|
     if rows.dtype == torch.float32 and slices == 1 and int(exponent.min()) >= bits - 127:
         up = _powers_of_two(bits - exponent).to(torch.float32)  # a normal float32
-        if buffer is None:
-            scaled = torch.empty(rows.shape, dtype=torch.float64, device=rows.device)
-        else:
-            scaled = buffer[: rows.shape[0], : rows.shape[1]]
+        scaled = buffer[: rows.shape[0], : rows.shape[1]]
         torch.mul(rows, up, out=scaled)
         return [scaled.round_()], _powers_of_two(exponent - bits)
     exponent = exponent.clamp_(min=bits - 1022)
@@ -322,10 +319,10 @@ class SketchMap:
             for first in range(0, n_rows, ROW_TILE):
                 tile = rows[first : first + ROW_TILE]
                 target = out[first : first + ROW_TILE]
+                product = products[: tile.shape[0]]
                 for chunk in range(0, width, self.chunk_cols):
                     columns = slice(start + chunk, start + min(chunk + self.chunk_cols, width))
                     parts, scale = _integer_rows(tile[:, columns], self.bits, self.slices, buffer)
-                    product = products[: tile.shape[0]]
                     for level, part in enumerate(parts):
                         if sparse:
                             _sparse_product(block, part, product)

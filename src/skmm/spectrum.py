@@ -47,36 +47,28 @@ def covariance(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch
     return rows.T @ (rows * weights.to(torch.float64)[:, None])
 
 
-def pool_covariance(rows: PoolRows) -> torch.Tensor:
-    """Σ̃ = G̃ᵀG̃/N in float64 over every rank's rows, streamed chunk by chunk.
-
-    Chunk products G̃_cᵀG̃_c are added in chunk order into one partial per block and the
-    partials in block order (:mod:`skmm.rows`), so Σ̃ is the same on 1 or P ranks.
-    """
-    return pool_moments(rows, with_mean=False)[1]
-
-
 def pool_moments(
     rows: PoolRows, with_mean: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(μ, Σ̃): the mean row (None unless ``with_mean``) and G̃ᵀG̃/N, float64, in one pass.
+    """(μ, Σ̃): the mean row (None unless ``with_mean``) and G̃ᵀG̃/N in float64 over every
+    rank's rows, streamed chunk by chunk in one pass.
 
-    Both are summed per block in chunk order and folded in block order, so they are the same
-    on 1 or P ranks.
+    Chunk sums and products G̃_cᵀG̃_c are added in chunk order into one partial per block and
+    the partials in block order (:mod:`skmm.rows`), so both are the same on 1 or P ranks.
     """
     width = rows.n_cols
     square = torch.zeros(width, width, dtype=torch.float64, device=rows.device)
     line = torch.zeros(width, dtype=torch.float64, device=rows.device)
     blocks = rows.layout.local_blocks()
     squares = [square.clone() for _ in blocks]
-    sums = [line.clone() for _ in blocks]
+    sums = [line.clone() for _ in blocks] if with_mean else None
     for block, _, chunk in rows.chunks():
         chunk = chunk.to(torch.float64)
         squares[block] = squares[block] + chunk.T @ chunk
-        if with_mean:
+        if sums is not None:
             sums[block] = sums[block] + chunk.sum(dim=0)
     second = rows.layout.fold(squares, square) / rows.n_rows
-    mean = rows.layout.fold(sums, line) / rows.n_rows if with_mean else None
+    mean = None if sums is None else rows.layout.fold(sums, line) / rows.n_rows
     return mean, second
 
 
