@@ -56,6 +56,9 @@ CHUNK_COLS = 4096
 """Columns of G that share one power-of-two scale in the exact product (at most 2^12)."""
 ROW_TILE = 1024
 """Rows converted to integers at a time (bounds the float64 working copy)."""
+SPARSE_ROW_TILE = 64
+"""Rows per tile for the sparse-sign product on the CPU: the CSR product gathers from the
+tile, so a small tile keeps its integer copy near the cache (the bytes do not depend on it)."""
 NORMAL_LEVELS = 2**16
 NORMAL_FRACTION_BITS = 12
 GAUSSIAN_VALUE_BITS = 15
@@ -310,15 +313,16 @@ class SketchMap:
         sparse = self.kind == "sparse_sign" and rows.device.type == "cpu"
         out = torch.zeros(n_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
         get = self.sparse_block if sparse else self.block
-        tile_rows = min(ROW_TILE, n_rows)
+        row_tile = SPARSE_ROW_TILE if sparse else ROW_TILE
+        tile_rows = min(row_tile, n_rows)
         buffer = torch.empty(tile_rows, self.chunk_cols, dtype=torch.float64, device=rows.device)
         products = torch.empty(tile_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
         for b, block in enumerate(self._in_order(get, sparse=sparse)):
             start = b * self.block_rows
             width = min(self.block_rows, self.n_cols - start)
-            for first in range(0, n_rows, ROW_TILE):
-                tile = rows[first : first + ROW_TILE]
-                target = out[first : first + ROW_TILE]
+            for first in range(0, n_rows, row_tile):
+                tile = rows[first : first + row_tile]
+                target = out[first : first + row_tile]
                 product = products[: tile.shape[0]]
                 for chunk in range(0, width, self.chunk_cols):
                     columns = slice(start + chunk, start + min(chunk + self.chunk_cols, width))
