@@ -9,7 +9,7 @@ import torch
 
 from skmm.bench import real
 from skmm.bench.journal import RealRun, read_runs_csv
-from skmm.bench.real import QUICK, real_report, run_real
+from skmm.bench.real import QUICK, REFERENCES, real_report, run_real
 from skmm.bench.tasks import Encoded, PreparedTask
 from skmm.cli import main
 
@@ -30,6 +30,7 @@ def test_an_interrupted_grid_never_drops_journaled_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(real, "_one_run", one_run)
     journal = tmp_path / "runs.csv"
     options = {"protocols": ("linear",), "seeds": 1, "cache_dir": tmp_path, "progress": False}
+    options["references"] = False
     first = run_real(methods=("uniform",), budgets=(10,), journal=journal, **options)
     assert [(run.method, run.n) for run in first] == [("uniform", 10)]
     with pytest.raises(KeyboardInterrupt):
@@ -71,7 +72,7 @@ while sum(name.startswith("ready-") for name in os.listdir(sys.argv[1])) < 2:
     time.sleep(0.01)  # both have imported: start together
 runs = real.run_real(
     protocols=("linear",), methods=("skmm", "uniform"), budgets=(5, 10, 20), seeds=2,
-    cache_dir=sys.argv[1], journal=sys.argv[2], progress=False,
+    cache_dir=sys.argv[1], journal=sys.argv[2], progress=False, references=False,
 )
 print(len(runs))
 """
@@ -111,8 +112,15 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     assert "Linear probe L2 penalty, tuned on the pool: n = 20:" in markdown.split("\n")[0]
     with open(files[1]) as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 2 * len(QUICK["methods"]) * len(QUICK["budgets"])
+    # per protocol: each method and stratified uniform at each n, and the full pool once
+    assert len(rows) == 2 * ((len(QUICK["methods"]) + 1) * len(QUICK["budgets"]) + 1)
+    assert {row["method"] for row in rows} == {*QUICK["methods"], *REFERENCES}
     assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    pool = QUICK["limit_train"] - 20  # 12.5% set aside for validation
+    assert {int(row["n"]) for row in rows if row["method"] == "full-pool"} == {pool}
+    assert "20 pool rows set aside for validation" in markdown.split("\n")[0]
+    assert "Full pool (140 rows, the ceiling)" in markdown
+    assert "finetune: accuracy − uniform's, paired over seeds" in markdown
     cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
     assert any(name.startswith("grads-") for name in cached)
     again = real_report(tmp_path / "again", **options).markdown
@@ -133,9 +141,10 @@ def test_quick_food_reviews_end_to_end_and_cached(tmp_path):
     # a linear grid grows by a new budget: its penalty joins the journal's settings
     wider = {**options, "protocols": ("linear",), "budgets": (*QUICK["budgets"], 30)}
     grown = real_report(tmp_path / "out", **wider).markdown
-    assert len(journal.read_text().splitlines()) == len(rows) + 1 + len(QUICK["methods"])
+    grew = len(QUICK["methods"]) + 1  # the methods and stratified uniform at n = 30
+    assert len(journal.read_text().splitlines()) == len(rows) + 1 + grew
     penalties = json.loads((tmp_path / "out" / "runs.settings.json").read_text())["penalties"]
-    assert list(penalties) == ["20", "30"]
+    assert set(penalties) == {"20", "30", str(pool)}
     assert "n = 20: " in grown.split("\n")[0] and "n = 30: " in grown.split("\n")[0]
 
 

@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from skmm.bench.training import scores, train_linear
+from skmm.bench.tasks import Encoded
+from skmm.bench.training import finetune, predict, schedule_steps, scores, train_linear
 
 
 def test_scores_by_hand():
@@ -22,3 +25,51 @@ def test_linear_probe_learns_a_separable_problem():
     np.testing.assert_allclose(probe.mean, features.mean(0))
     # a stronger penalty shrinks the weights
     assert train_linear(features, labels, 3, penalty=1.0).weight.norm() < probe.weight.norm()
+
+
+def test_the_schedule_grows_with_n_between_its_floor_and_cap():
+    hyper = {"epochs": 10, "batch_size": 20, "min_steps": 30, "max_steps": 200}
+    assert [schedule_steps(n, hyper) for n in (10, 60, 61, 200, 10_000)] == [30, 30, 40, 100, 200]
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(2, 2)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def param_groups(self, lr_body: float, lr_head: float) -> list[dict]:
+        return [{"params": self.head.parameters(), "lr": lr_head}]
+
+
+def blobs(rows: int, seed: int) -> Encoded:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, rows)
+    x = (rng.standard_normal((rows, 2)) + 3 * labels[:, None]).astype(np.float32)
+    return Encoded({"x": x}, x, labels)
+
+
+HYPER = {"epochs": 1, "batch_size": 8, "min_steps": 40, "max_steps": 40, "eval_every": 5}
+
+
+def test_finetuning_keeps_its_best_validated_state_and_stops_when_it_stops_improving():
+    train, validation = blobs(64, 0), blobs(40, 1)
+    rows = np.arange(64)
+    hyper = {**HYPER, "lr_body": 0.0, "lr_head": 0.1, "patience": 100}
+    result = finetune(TinyClassifier(), train, rows, 0, hyper, validation)
+    assert result.steps == 40 and result.best_step % 5 == 0
+    kept = np.mean(predict(result.model, validation) == validation.labels)
+    assert kept == result.validation_accuracy > 0.9  # the kept state is the best one scored
+    again = finetune(TinyClassifier(), train, rows, 0, hyper, validation)
+    assert again.best_step == result.best_step  # reproducible
+    # nothing to learn (lr 0): the first score is never beaten, so it stops after `patience`
+    frozen = {**hyper, "lr_head": 0.0, "patience": 2}
+    stopped = finetune(TinyClassifier(), train, rows, 0, frozen, validation)
+    assert (stopped.steps, stopped.best_step) == (15, 5)
+    # without a validation split every step runs and the last state is kept
+    plain = finetune(TinyClassifier(), train, rows, 0, hyper)
+    assert (plain.steps, plain.best_step, plain.validation_accuracy) == (40, 40, None)

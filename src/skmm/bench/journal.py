@@ -36,6 +36,8 @@ class RealRun:
     macro_f1: float
     select_seconds: float
     train_seconds: float
+    steps: int = 0
+    """Finetuning steps to the kept (best validated) state; 0 for the linear probe."""
 
 
 PROTOCOL_SETTINGS = {

@@ -2,8 +2,12 @@
 
 One grid per task (:mod:`skmm.bench.tasks`): every protocol × method × n × seed selects a
 coreset from the same features, trains on it (:mod:`skmm.bench.training`) and scores the
-untouched test split. Selection features are the frozen embeddings for ``linear`` and, for
-``finetune``, the sketched per-sample gradients of the finetuned layers
+untouched test split. A validation part of the pool
+(:func:`~skmm.bench.tasks.hold_out_validation`) tunes and early-stops the training; no
+selector sees it. Beside the methods, every grid holds two references (:data:`REFERENCES`):
+class-stratified uniform coresets at each n, and the whole pool (the protocol's ceiling).
+Selection features are the frozen embeddings for ``linear`` and, for ``finetune``, the
+sketched per-sample gradients of the finetuned layers
 (``target="jacobian"``, m = 256), cached in a resumable store. Runs go to a journal
 (:mod:`skmm.bench.journal`) that several processes may share; :func:`real_report` writes
 its tables and plot (:mod:`skmm.bench.report`).
@@ -28,7 +32,7 @@ from ..io import atomic_write, file_lock, read_json
 from ..progress import progress_bar
 from .journal import Journal, RealRun, read_runs_csv, write_runs_csv
 from .report import Report, plot_real, real_markdown, summarize_real, training_line
-from .tasks import TASKS, PreparedTask, prepare_task
+from .tasks import TASKS, PreparedTask, hold_out_validation, prepare_task
 from .training import (
     PENALTY_GRID,
     finetune,
@@ -40,6 +44,9 @@ from .training import (
 )
 
 PROTOCOLS = ("linear", "finetune")
+REFERENCES = ("uniform-stratified", "full-pool")
+"""Runs beside the methods: uniform within each class (class-proportional budgets), and
+training on the whole pool."""
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 SKETCH_DIM = 256
 QUICK = {
@@ -70,6 +77,7 @@ def run_real(
     finetune_steps: int | None = None,
     tune: bool = True,
     stratify: bool = False,
+    references: bool = True,
     journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
@@ -82,7 +90,9 @@ def run_real(
     :func:`~skmm.bench.training.tune_finetune` (else the task's defaults in
     :data:`~skmm.bench.tasks.FINETUNE`). ``stratify``: every method selects with
     class-proportional budgets (its ``stratify=True`` option) instead of over the whole
-    pool. ``journal``: a CSV rewritten atomically after every run, next to a JSON of the
+    pool. ``references``: add the :data:`REFERENCES` runs to the grid. ``finetune_steps``:
+    train every coreset for exactly this many steps (a smoke test) instead of the task's
+    schedule. ``journal``: a CSV rewritten atomically after every run, next to a JSON of the
     settings; a rerun with the same settings keeps the runs it holds and does only the
     missing ones, so an interruption loses at most one run. Several processes may share one
     journal (:class:`~skmm.bench.journal.Journal`): each takes the runs no other has taken,
@@ -108,26 +118,35 @@ def run_real(
         sources=sources,
         progress=progress,
     )
+    task = hold_out_validation(task)
     pool = len(task.train.labels)
     too_big = [n for n in budgets if n >= pool]
     if too_big:
-        raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
-    hyper = {**task.finetune, "steps": finetune_steps or task.finetune["steps"]}
+        raise ValueError(
+            f"budgets {too_big} must be below the pool size {pool} (after setting "
+            f"{task.settings['validation_rows']} validation rows aside)"
+        )
+    hyper = dict(task.finetune)
+    if finetune_steps:
+        hyper.update(min_steps=finetune_steps, max_steps=finetune_steps)
     settings: dict[str, Any] = {"task": task_name, **task.settings}
     if stratify:
         settings["stratify"] = True
     penalties: dict[str, float] = {}
     if "linear" in protocols:
-        penalties = tune_linear(task, budgets, cache)
+        penalties = tune_linear(task, [*budgets, pool] if references else budgets, cache)
         settings.update(penalty_grid=list(PENALTY_GRID), penalties=penalties)
     if "finetune" in protocols:
-        tuning = tune_finetune(task, hyper["steps"], cache) if tune else None
+        tuning = tune_finetune(task, hyper, cache) if tune else None
         if tuning is not None:
             hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
         settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)
     shared = None if journal is None else Journal(Path(journal), settings)
     done: dict[tuple, RealRun] = {}
-    grid = [(p, n, m, s) for p in protocols for n in budgets for m in methods for s in range(seeds)]
+    cells = [(n, m) for n in budgets for m in methods]
+    if references:
+        cells += [(n, "uniform-stratified") for n in budgets] + [(pool, "full-pool")]
+    grid = [(p, n, m, s) for p in protocols for n, m in cells for s in range(seeds)]
     shown = 0  # runs of the grid the bar shows done
     with progress_bar(len(grid), "runs", progress, unit="run") as bar:
         for protocol in protocols:
@@ -202,18 +221,18 @@ def _one_run(
     protocol, method, n, seed = key
     train, test = task.train, task.test
     began = time.perf_counter()
-    options = {"stratify": True} if stratify else {}
-    selection = select(features, n, method, labels=train.labels, random_state=seed, **options)
+    rows = _coreset(features, n, method, train.labels, seed, stratify)
     select_seconds = time.perf_counter() - began
-    rows = selection.indices
     began = time.perf_counter()
+    steps = 0
     if protocol == "linear":
         probe = train_linear(
             train.embedding[rows], train.labels[rows], task.n_classes, penalties[str(n)]
         )
         predicted = probe.logits(test.embedding).argmax(1).numpy()
     else:
-        predicted = predict(finetune(task.base, train, rows, seed, hyper), test)
+        trained = finetune(task.base, train, rows, seed, hyper, task.validation)
+        predicted, steps = predict(trained.model, test), trained.best_step
     metrics = scores(predicted, test.labels, task.n_classes)
     return RealRun(
         task.name,
@@ -224,7 +243,20 @@ def _one_run(
         **metrics,
         select_seconds=select_seconds,
         train_seconds=time.perf_counter() - began,
+        steps=steps,
     )
+
+
+def _coreset(
+    features: np.ndarray, n: int, method: str, labels: np.ndarray, seed: int, stratify: bool
+) -> np.ndarray:
+    """The rows trained on: a method's selection, or a reference's (:data:`REFERENCES`)."""
+    if method == "full-pool":
+        return np.arange(len(labels))
+    if method == "uniform-stratified":
+        method, stratify = "uniform", True
+    options = {"stratify": True} if stratify else {}
+    return select(features, n, method, labels=labels, random_state=seed, **options).indices
 
 
 def _quick_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +300,7 @@ def real_report(
         f"Real benchmark {task_name}{stratified}: protocols {protocols}; {seeds} seed(s); "
         f"{seconds:.0f} s.{training_line(read_json(out / 'runs.settings.json'))}\n\n"
     )
-    markdown = header + real_markdown(summaries)
+    markdown = header + real_markdown(summaries, runs)
     with atomic_write(out / "table.md", "w") as stream:
         stream.write(markdown)
     plot_real(summaries, out / "accuracy.png", task_name)

@@ -61,15 +61,37 @@ def summarize_real(runs: Sequence[RealRun]) -> list[RealSummary]:
     return out
 
 
-def real_markdown(summaries: Sequence[RealSummary]) -> str:
-    """One accuracy and one macro-F1 table per protocol (mean ± std; best mean in bold)."""
+def paired_differences(
+    runs: Sequence[RealRun], baseline: str = "uniform"
+) -> dict[tuple[str, str, int], tuple[float, float, int]]:
+    """Accuracy of each (protocol, method, n) minus ``baseline``'s in the same seed, over the
+    seeds both ran: (mean, standard error, seeds); the error is nan below two seeds."""
+    accuracy = {(r.protocol, r.method, r.n, r.seed): r.accuracy for r in runs}
+    differences: dict[tuple[str, str, int], list[float]] = {}
+    for (protocol, method, n, seed), value in accuracy.items():
+        reference = accuracy.get((protocol, baseline, n, seed))
+        if method != baseline and reference is not None:
+            differences.setdefault((protocol, method, n), []).append(value - reference)
+    out = {}
+    for key, values in differences.items():
+        diff = np.array(values)
+        error = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out[key] = (float(diff.mean()), error, len(diff))
+    return out
+
+
+def real_markdown(summaries: Sequence[RealSummary], runs: Sequence[RealRun] = ()) -> str:
+    """Per protocol: accuracy and macro-F1 tables (mean ± std; best mean in bold), the
+    full-pool ceiling, and, from ``runs``, each method's paired difference to uniform."""
     lines: list[str] = []
+    ceilings = {s.protocol: s for s in summaries if s.method == "full-pool"}
+    paired = paired_differences(runs)
     for protocol in dict.fromkeys(s.protocol for s in summaries):
-        rows = [s for s in summaries if s.protocol == protocol]
+        rows = [s for s in summaries if s.protocol == protocol and s.method != "full-pool"]
         budgets = sorted({s.n for s in rows})
         methods = list(dict.fromkeys(s.method for s in rows))
         cell = {(s.method, s.n): s for s in rows}
-        most_seeds = max(s.seeds for s in rows)
+        most_seeds = max(s.seeds for s in rows) if rows else 0
         for metric in ("accuracy", "macro_f1"):
             best = {n: max(getattr(s, f"{metric}_mean") for s in rows if s.n == n) for n in budgets}
             lines += [
@@ -91,8 +113,54 @@ def real_markdown(summaries: Sequence[RealSummary]) -> str:
                         text += f" ({summary.seeds} seeds)"
                     cells.append(f"**{text}**" if mean == best[n] else text)
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += ["", *_ceiling_lines(protocol, metric, ceilings)]
+        lines += _paired_table(protocol, methods, budgets, paired)
     return "\n".join(lines)
+
+
+def _ceiling_lines(protocol: str, metric: str, ceilings: dict[str, RealSummary]) -> list[str]:
+    """The full pool's score under ``protocol`` and, for finetuning, under the linear probe."""
+    lines = []
+    for source in dict.fromkeys((protocol, "linear")):
+        ceiling = ceilings.get(source)
+        if ceiling is None:
+            continue
+        what = "the ceiling" if source == protocol else "the linear probe on the same pool"
+        lines.append(
+            f"Full pool ({ceiling.n:,} rows, {what}): {getattr(ceiling, f'{metric}_mean'):.3f}"
+            f" ± {getattr(ceiling, f'{metric}_std'):.3f} over {ceiling.seeds} seed(s)."
+        )
+    return [*lines, ""] if lines else []
+
+
+def _paired_table(
+    protocol: str,
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    paired: dict[tuple[str, str, int], tuple[float, float, int]],
+) -> list[str]:
+    shown = [m for m in methods if any((protocol, m, n) in paired for n in budgets)]
+    if not shown:
+        return []
+    lines = [
+        f"**{protocol}: accuracy − uniform's, paired over seeds (mean ± SE; bold where the "
+        "difference is at least 2 SE)**",
+        "",
+        "| method | " + " | ".join(f"n={n}" for n in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for method in shown:
+        cells = []
+        for n in budgets:
+            value = paired.get((protocol, method, n))
+            if value is None:
+                cells.append("—")
+                continue
+            mean, error, _ = value
+            text = f"{mean:+.3f} ± {error:.3f}"
+            cells.append(f"**{text}**" if abs(mean) >= 2 * error else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
@@ -113,7 +181,9 @@ def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
         1, len(protocols), figsize=(6 * len(protocols) + 2.5, 4.5), squeeze=False
     )
     for axis, protocol in zip(axes[0], protocols, strict=True):
-        rows = [s for s in summaries if s.protocol == protocol]
+        rows = [s for s in summaries if s.protocol == protocol and s.method != "full-pool"]
+        for ceiling in (s for s in summaries if s.protocol == protocol and s.method == "full-pool"):
+            axis.axhline(ceiling.accuracy_mean, color="grey", linestyle="--", label="full pool")
         for method in dict.fromkeys(s.method for s in rows):
             points = sorted(
                 (s.n, s.accuracy_mean, s.accuracy_std) for s in rows if s.method == method
@@ -146,17 +216,30 @@ def training_line(settings: dict[str, Any]) -> str:
     """How the models were trained, from the journal's settings."""
     penalties = settings.get("penalties")
     line = ""
+    if settings.get("validation_rows"):
+        line = (
+            f" {settings['validation_rows']:,} pool rows set aside for validation (stratified; "
+            "no selector sees them)."
+        )
     if penalties:
         chosen = ", ".join(f"n = {n}: {penalty:g}" for n, penalty in penalties.items())
-        line = f" Linear probe L2 penalty, tuned on the pool: {chosen}."
+        line += f" Linear probe L2 penalty, tuned on the pool: {chosen}."
     return line + _hyper_line(settings.get("finetune"), settings.get("tuning"))
 
 
 def _hyper_line(hyper: dict[str, Any] | None, tuning: dict[str, Any] | None) -> str:
     if hyper is None:
         return ""
+    if hyper["min_steps"] == hyper["max_steps"]:
+        length = f"{hyper['max_steps']} steps"
+    else:
+        length = (
+            f"{hyper['epochs']} epochs within {hyper['min_steps']}–{hyper['max_steps']} steps, "
+            f"early stopping on the validation part (every {hyper['eval_every']} steps, "
+            f"patience {hyper['patience']})"
+        )
     line = (
-        f" Finetuning: AdamW, {hyper['steps']} steps of {hyper['batch_size']}, lr "
+        f" Finetuning: AdamW, {length}, batches of {hyper['batch_size']}, lr "
         f"{hyper['lr_body']:.1e} (layers) / {hyper['lr_head']:.1e} (head)"
     )
     if tuning is None:

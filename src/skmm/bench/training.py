@@ -3,10 +3,12 @@
 - ``linear`` protocol (the paper's CLIP study): a multinomial logistic regression trained on
   the standardized coreset embeddings (:func:`train_linear`). Its L2 penalty is chosen once
   per n without the test split (:func:`tune_linear`: uniform coresets of the pool, validated
-  on other pool rows) and is the same for every method.
+  on the task's validation part) and is the same for every method.
 - ``finetune`` protocol (the paper's ResNet18 study): the last two layers are finetuned on
-  the coreset (:func:`finetune`: AdamW, a fixed number of steps, the same for every method).
-  The learning rates are tuned once per task without the test split (:func:`tune_finetune`).
+  the coreset (:func:`finetune`: AdamW for :func:`schedule_steps` steps, which grow with n
+  between a floor and a cap, stopped early on the validation part; one recipe for every
+  method). The learning rates are tuned once per task without the test split
+  (:func:`tune_finetune`).
 
 Accuracy and macro-F1 (:func:`scores`) are measured on the untouched test split.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +90,15 @@ def _tuning_rows(pool: int, n: int, seed: int, stream: str) -> tuple[np.ndarray,
     return rows, np.sort(numpy_rng(seed, f"{stream}-validation").choice(rest, size, replace=False))
 
 
+def _validation(task: PreparedTask, n: int, seed: int, stream: str) -> tuple[np.ndarray, Encoded]:
+    """A uniform coreset of n pool rows and the split that validates it: the task's
+    validation part when it holds one out, else up to ``validation_rows`` other pool rows."""
+    rows, held_out = _tuning_rows(len(task.train.labels), n, seed, stream)
+    if task.validation is not None:
+        return rows, task.validation
+    return rows, task.train.subset(held_out)
+
+
 def _tuning_cache(task: PreparedTask, cache: Path, kind: str, *parts: Any) -> Path:
     key = json.dumps(
         [
@@ -105,26 +117,26 @@ def tune_linear(task: PreparedTask, budgets: Sequence[int], cache: Path) -> dict
     """The L2 penalty of the linear probe for each n, chosen without the test split.
 
     For each n and each penalty of :data:`PENALTY_GRID`, uniform coresets of n pool rows
-    (a few seeds) train the probe, scored by the mean cross-entropy on up to
-    ``TUNING["validation_rows"]`` other pool rows; the lowest wins and every method uses it.
-    Cached as JSON.
+    (a few seeds) train the probe, scored by the mean cross-entropy on the task's validation
+    part (or, without one, up to ``TUNING["validation_rows"]`` other pool rows); the lowest
+    wins and every method uses it. Cached as JSON.
     """
     path = _tuning_cache(task, cache, "linear", sorted(budgets), PENALTY_GRID)
     if path.exists():
         return read_json(path)
-    train, pool = task.train, len(task.train.labels)
+    train = task.train
     chosen = {}
     for n in sorted(budgets):
         loss = {}
         for penalty in PENALTY_GRID:
             total = 0.0
             for seed in range(TUNING["seeds"]):
-                rows, held_out = _tuning_rows(pool, n, seed, "tune-linear")
+                rows, held_out = _validation(task, n, seed, "tune-linear")
                 probe = train_linear(
                     train.embedding[rows], train.labels[rows], task.n_classes, penalty
                 )
-                logits = probe.logits(train.embedding[held_out])
-                total += float(F.cross_entropy(logits, torch.from_numpy(train.labels[held_out])))
+                logits = probe.logits(held_out.embedding)
+                total += float(F.cross_entropy(logits, torch.from_numpy(held_out.labels)))
             loss[penalty] = total / TUNING["seeds"]
         chosen[str(n)] = min(PENALTY_GRID, key=lambda penalty: loss[penalty])
     write_json(path, chosen)
@@ -142,18 +154,40 @@ def scores(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str
     return {"accuracy": float(np.mean(predicted == truth)), "macro_f1": float(np.mean(f1s))}
 
 
+def schedule_steps(n: int, hyper: dict[str, Any]) -> int:
+    """Steps for a coreset of n rows: ``epochs``·⌈n / batch⌉, within [min_steps, max_steps]."""
+    epochs = hyper["epochs"] * math.ceil(n / hyper["batch_size"])
+    return min(hyper["max_steps"], max(hyper["min_steps"], epochs))
+
+
+@dataclass
+class Finetuned:
+    """A finetuned model (its best validated state) and how its training went."""
+
+    model: nn.Module
+    steps: int
+    best_step: int
+    validation_accuracy: float | None
+
+
 def finetune(
     model: nn.Module,
     train: Encoded,
     rows: np.ndarray,
     seed: int,
     hyper: dict[str, Any],
-) -> nn.Module:
-    """AdamW on the coreset rows for ``hyper["steps"]`` steps (the same for every method).
+    validation: Encoded | None = None,
+) -> Finetuned:
+    """AdamW on the coreset rows for :func:`schedule_steps` steps, with early stopping.
 
-    Batches are drawn without replacement within a step from a seeded generator; dropout
-    draws from a torch generator seeded by ``seed``, so a run is reproducible.
+    Every ``eval_every`` steps (and at the last) the model is scored on ``validation``; the
+    best state (the first of equal accuracy) is kept, and training stops after ``patience``
+    scores without a better one. Without ``validation`` it trains every step and keeps the
+    last state. Batches are drawn without replacement within a step from a seeded
+    generator; dropout draws from a torch generator seeded by ``seed``: a run is
+    reproducible.
     """
+    steps = schedule_steps(len(rows), hyper)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "dropout"))
         model = copy.deepcopy(model).train()
@@ -162,14 +196,29 @@ def finetune(
         inputs = train.tensors(rows)
         labels = torch.from_numpy(train.labels[rows])
         batch = min(hyper["batch_size"], len(rows))
-        for _ in range(hyper["steps"]):
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        waited = 0
+        for step in range(1, steps + 1):
             pick = torch.from_numpy(rng.choice(len(rows), size=batch, replace=False))
             logits = model(**{name: values[pick] for name, values in inputs.items()})
             loss = F.cross_entropy(logits, labels[pick])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return model.eval()
+            if validation is None or (step % hyper["eval_every"] and step < steps):
+                continue
+            accuracy = float(np.mean(predict(model.eval(), validation) == validation.labels))
+            model.train()
+            if best is None or accuracy > best[0]:
+                best, waited = (accuracy, step, copy.deepcopy(model.state_dict())), 0
+            else:
+                waited += 1
+                if waited >= hyper["patience"]:
+                    break
+    if best is None:
+        return Finetuned(model.eval(), step, step, None)
+    model.load_state_dict(best[2])
+    return Finetuned(model.eval(), step, best[1], best[0])
 
 
 @torch.no_grad()
@@ -185,16 +234,16 @@ def predict(
     return np.concatenate(parts)
 
 
-def tune_finetune(task: PreparedTask, steps: int, cache: Path) -> dict[str, Any]:
+def tune_finetune(task: PreparedTask, hyper: dict[str, Any], cache: Path) -> dict[str, Any]:
     """Learning rates for ``finetune``, chosen without the test split; cached as JSON.
 
     For each scale s of :data:`TUNING` (both learning rates × s) and a few seeds, a uniform
-    coreset of ``TUNING["budget"]`` pool rows trains the model, which is scored on up to
-    ``TUNING["validation_rows"]`` other pool rows; the scale of best mean accuracy wins.
+    coreset of ``TUNING["budget"]`` pool rows trains the model with the task's schedule and
+    early stopping; the scale of best mean validation accuracy wins (the task's validation
+    part, or, without one, up to ``TUNING["validation_rows"]`` other pool rows).
     """
     pool = len(task.train.labels)
     budget = max(2, min(TUNING["budget"], pool // 4))
-    hyper = {**task.finetune, "steps": steps}
     path = _tuning_cache(task, cache, "finetune", hyper)
     if path.exists():
         return read_json(path)
@@ -203,10 +252,9 @@ def tune_finetune(task: PreparedTask, steps: int, cache: Path) -> dict[str, Any]
         scaled = {**hyper, "lr_body": hyper["lr_body"] * scale, "lr_head": hyper["lr_head"] * scale}
         values = []
         for seed in range(TUNING["seeds"]):
-            rows, held_out = _tuning_rows(pool, budget, seed, "tune")
-            model = finetune(task.base, task.train, rows, seed, scaled)
-            predicted = predict(model, task.train, held_out)
-            values.append(float(np.mean(predicted == task.train.labels[held_out])))
+            rows, held_out = _validation(task, budget, seed, "tune")
+            model = finetune(task.base, task.train, rows, seed, scaled, held_out).model
+            values.append(float(np.mean(predict(model, held_out) == held_out.labels)))
         accuracy[str(scale)] = float(np.mean(values))
     best = max(TUNING["lr_scales"], key=lambda scale: accuracy[str(scale)])
     result = {
