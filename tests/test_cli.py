@@ -290,3 +290,37 @@ def test_selection_warnings_print_once_as_skmm_lines(labeled_files):
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("labeled classes got no rows") == 1
     assert done.stderr.startswith("skmm: warning: ") and "SelectionWarning" not in done.stderr
+
+
+def test_select_for_a_target_matches_the_api_and_refuses_a_foreign_store(
+    features_file, tmp_path, capsys
+):
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from skmm.gradients import sketch_gradients
+
+    target = tmp_path / "target.npy"
+    np.save(target, np.load(features_file)[:40] * 3.0)
+    out = tmp_path / "sel.npy"
+    args = ["select", str(features_file), "--n", "9", "--seed", "2", "--sketch-dim", "16"]
+    assert main([*args, "--target", str(target), "--out", str(out), "--quiet"]) == 0
+    expected = skmm.select(
+        np.load(features_file), 9, target=np.load(target), random_state=2, sketch_dim=16
+    )
+    np.testing.assert_array_equal(Selection.load(out).indices, expected.indices)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(30, 4, generator=gen), torch.randint(0, 3, (30,)))
+    for name, seed in (("pool", 0), ("other", 1)):
+        sketch_gradients(model, data, sketch_dim=8, seed=seed, store=tmp_path / name)
+    capsys.readouterr()
+    status = main(
+        ["select", str(tmp_path / "pool"), "--n", "5", "--target", str(tmp_path / "other")]
+    )
+    err = capsys.readouterr().err
+    assert status == 2 and "does not match the pool's" in err and "seed: pool 0, target 1" in err
+    assert "Traceback" not in err

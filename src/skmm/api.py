@@ -41,6 +41,7 @@ def select(
     method: str = "skmm",
     *,
     labels: Any = None,
+    target: Any = None,
     random_state: int | np.random.Generator | None = None,
     **options: Any,
 ) -> Selection:
@@ -49,9 +50,11 @@ def select(
     ``features`` is a numpy array, memmap or torch tensor of per-sample gradients or
     features, a path to an array file (.npy, .npz, .safetensors) or a sketch store, a
     ``SketchStore``, or the ``GradientSketch`` that ``sketch_gradients`` returns (whose labels
-    are used when ``labels`` is None); ``labels`` (length N) enable ``stratify``; ``options``
-    are the method's own parameters (see ``skmm.methods()`` and each class). Returns a
-    :class:`Selection`.
+    are used when ``labels`` is None); ``labels`` (length N) enable ``stratify``; ``target``
+    (T, r), in any of the same forms, asks a targeted method (``method="skmm"``) for the rows
+    of ``features`` that serve that target set best (docs/skmm.md "Selecting for a target");
+    ``options`` are the method's own parameters (see ``skmm.methods()`` and each class).
+    Returns a :class:`Selection`.
     """
     selector = make_selector(method, n, random_state=random_state, **options)
-    return selector.fit(features, labels).selection_
+    return selector.fit(features, labels, target=target).selection_

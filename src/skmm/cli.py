@@ -23,7 +23,7 @@ from .distributed import is_main
 from .inputs import MissingDependencyError
 from .io import load_array
 from .selection import Selection, SelectionWarning
-from .sources import open_features
+from .sources import check_same_sketch, open_features
 
 EXIT_INPUT_ERROR = 2
 
@@ -67,6 +67,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--key", help="array name inside an .npz/.safetensors features file")
     sel.add_argument("--labels", help="labels file (.npy, .npz, .safetensors or one per line)")
     sel.add_argument("--labels-key", help="array name inside the labels file")
+    sel.add_argument(
+        "--target",
+        help="SkMM: select for a target set: its features as a matrix file or a `skmm sketch` "
+        "store of the same model, parameters and sketch as the pool",
+    )
+    sel.add_argument("--target-key", help="array name inside an .npz/.safetensors target file")
     sel.add_argument("--sketch-dim", type=int, help="SkMM: sketch dimension m")
     sel.add_argument("--sketch", help="SkMM: gaussian, sparse_sign or none")
     sel.add_argument("--c", type=float, help="SkMM: moment target constant c")
@@ -230,6 +236,10 @@ def _select_command(args: argparse.Namespace) -> int:
     if not args.quiet:
         options.setdefault("progress", None)
     features, labels = open_features(args.features, args.key)
+    target = None
+    if args.target:
+        check_same_sketch(args.features, args.target)
+        target = open_features(args.target, args.target_key)[0]
     if args.labels:
         labels = load_array(args.labels, args.labels_key, mmap=False)
     elif stratify not in (None, False) and labels is None:
@@ -237,7 +247,13 @@ def _select_command(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SelectionWarning)
         selection = select(
-            features, args.n, args.method, labels=labels, random_state=args.seed, **options
+            features,
+            args.n,
+            args.method,
+            labels=labels,
+            target=target,
+            random_state=args.seed,
+            **options,
         )
     for warning in caught:
         if not issubclass(warning.category, SelectionWarning):

@@ -55,12 +55,13 @@ def selection_warnings(info: dict[str, Any]) -> list[str]:
     directions = info.get("directions")
     if isinstance(directions, dict) and directions.get("rule") in AUTOMATIC_RULES:
         k = int(directions.get("k", 0))
+        whose = "the target's" if "target" in info else "the pool's"
         if k <= 2:
             found.append(
-                f"SkMM matched only {k} direction(s) of the pool's sketched moments (rule "
-                f"{directions['rule']!r}): the coreset covers the pool along {k} direction(s) "
-                "only. On a classifier's gradients pass stratify=True; directions=K matches "
-                "K directions"
+                f"SkMM matched only {k} direction(s) of {whose} sketched moments (rule "
+                f"{directions['rule']!r}): the coreset covers {whose.removeprefix('the ')[:-2]} "
+                f"along {k} direction(s) only. On a classifier's gradients pass stratify=True; "
+                "directions=K matches K directions"
             )
     return found
 

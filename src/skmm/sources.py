@@ -54,6 +54,57 @@ def open_features(source: object, key: str | None = None) -> tuple[object, np.nd
     return _no_key(source, key), None
 
 
+SKETCH_IDENTITY = (
+    "model_fingerprint",
+    "params",
+    "n_params",
+    "target",
+    "sketch",
+    "sketch_dim",
+    "seed",
+)
+"""What a pool's and a target's gradient sketches must share to be comparable: the model,
+its parameters, what was differentiated, and the map."""
+
+
+def sketch_identity(source: object) -> dict[str, object] | None:
+    """The :data:`SKETCH_IDENTITY` of a store (or its path) or a gradient sketch, else None."""
+    metadata = None
+    if isinstance(source, (str, os.PathLike)) and is_store(Path(source)):
+        source = SketchStore.open(Path(source), verify=False)
+    if isinstance(source, SketchStore):
+        metadata = source.metadata
+    sketching = sys.modules.get("skmm.gradients.sketching")
+    if sketching is not None and isinstance(source, sketching.GradientSketch):
+        metadata = source.metadata
+    if not metadata:
+        return None
+    return {name: metadata.get(name) for name in SKETCH_IDENTITY}
+
+
+def check_same_sketch(pool: object, target: object) -> None:
+    """Refuse a target whose gradient sketch differs from the pool's in model, parameters,
+    gradient target or map (both must carry their identity: stores, gradient sketches)."""
+    mine, theirs = sketch_identity(pool), sketch_identity(target)
+    if mine is None or theirs is None:
+        return
+    differ = [name for name in SKETCH_IDENTITY if mine[name] != theirs[name]]
+    if differ:
+        shown = "; ".join(
+            f"{name}: pool {_short(mine[name])}, target {_short(theirs[name])}" for name in differ
+        )
+        raise ValueError(
+            "the target's gradient sketch does not match the pool's, so their rows are not "
+            f"comparable ({shown}); sketch both with the same model, params, target, sketch, "
+            "sketch_dim and seed"
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _no_key(source: object, key: str | None) -> object:
     """``source``, or an error when a key was given for something that holds one array."""
     if key is not None:

@@ -42,7 +42,7 @@ from ..inputs import (
 from ..memory import check_memory
 from ..seeding import derive_seed, resolve_seed, track_seed_use
 from ..selection import Selection, SelectionWarning, selection_warnings
-from ..sources import open_features
+from ..sources import check_same_sketch, open_features
 
 STRATIFY_MODES = ("proportional", "balanced")
 
@@ -67,6 +67,8 @@ class Selector:
     """True when the method runs on each rank's rows and reduces across ranks."""
     stratify_with_labels: ClassVar[bool] = False
     """True when labels alone (``stratify=None``) mean class-proportional budgets."""
+    targeted: ClassVar[bool] = False
+    """True when the method can select for a target set's features (``fit(..., target=)``)."""
 
     def __init__(
         self,
@@ -156,27 +158,41 @@ class Selector:
     def _select(self, data: Any, n: int, seed: int) -> MethodOutput:
         raise NotImplementedError
 
-    def fit(self, features: object, labels: object = None) -> Selector:
+    def fit(self, features: object, labels: object = None, target: object = None) -> Selector:
         """Select ``n`` rows of ``features`` (N, r); the result is stored in ``selection_``.
 
         ``features`` may also be a path (an array file or a sketch store), a
         :class:`~skmm.store.SketchStore` or a :class:`~skmm.gradients.GradientSketch`
         (:func:`~skmm.sources.open_features`); their labels are used when ``labels`` is None.
+        ``target``: the features of a target set (T, r), in any of those forms, for methods
+        that select for one (``targeted``); the rows are still chosen from ``features``.
         Under torchrun, every rank passes the same ``features`` (e.g. the same memory-mapped
         file or sketch store) and gets the same selection.
         """
+        if target is not None:
+            if not self.targeted:
+                from . import REGISTRY
+
+                which = ", ".join(sorted(n for n, c in REGISTRY.items() if c.targeted))
+                raise ValueError(
+                    f"method {self.name!r} does not select for a target; methods that do: {which}"
+                )
+            check_same_sketch(features, target)
+            target = open_features(target)[0]
         features, carried = open_features(features)
         if labels is None:
             labels = carried
         size = distributed.world()[1]
         if size > 1 and not self.row_separable:
-            self.selection_ = distributed.run_on_main(lambda: self._fit(features, labels, 1))
+            self.selection_ = distributed.run_on_main(
+                lambda: self._fit(features, labels, 1, target)
+            )
             self.selection_.info["distributed"] = {"world_size": size, "ran_on": "rank 0"}
         else:
-            self.selection_ = self._fit(features, labels, size)
+            self.selection_ = self._fit(features, labels, size, target)
         return self
 
-    def _fit(self, features: object, labels: object, size: int) -> Selection:
+    def _fit(self, features: object, labels: object, size: int, target: object) -> Selection:
         began = time.perf_counter()
         seed = resolve_seed(self.random_state)
         if size > 1:
@@ -186,13 +202,22 @@ class Selector:
         n = check_budget(self.n, n_pool)
         if self.progress not in (True, False, None):
             raise TypeError(f"progress must be True, False or None, got {self.progress!r}")
+        self._target = None
+        if target is not None:
+            self._target = as_feature_matrix(target, name="target", device=matrix.device)
+            if self._target.n_cols != matrix.n_cols:
+                raise ValueError(
+                    f"target has {self._target.n_cols} columns but the pool's features have "
+                    f"{matrix.n_cols}; both must be features of the same kind (the same model, "
+                    "parameters and sketch)"
+                )
         codes = classes = None
         if labels is not None:
             classes, codes = check_labels(labels, n_pool)
         elif self.requires_labels:
             raise ValueError(f"method {self.name!r} needs labels: pass labels=... (one per row)")
         stratify = self.stratify
-        if stratify is None and codes is not None and self.stratify_with_labels:
+        if stratify is None and codes is not None and self.stratify_with_labels and target is None:
             stratify = "proportional"
         budgets = class_budgets(stratify, n, classes, codes)
         self._check_params(n_pool, matrix.n_cols)
@@ -250,6 +275,9 @@ class Selector:
                 f"{self.name} with these options is deterministic: random_state was not used, "
                 "and every seed gives this selection"
             )
+        if self._target is not None:
+            info["target"] = {"n_rows": self._target.n_rows, **info.get("target", {})}
+            self._target = None
         if codes is not None and classes is not None:
             info["class_counts"] = {
                 "labels": classes.tolist(),

@@ -66,11 +66,18 @@ class SkMM(Selector):
     Options of the other objective are refused. SkMM uses labels only for per-class
     budgets, so with ``labels`` and ``stratify`` left at None it selects each class's
     proportional share of rows by its own design (``stratify=False``: over the whole pool).
+
+    With a ``target`` (``fit(features, labels, target=T)``), the target's rows are sketched by
+    the same map, and the directions, the whitening and the mean come from the target's
+    sketched moment Σ̃_T: the design then seeks Σ̃_T ⪯ c·Σ̃_S (the greedy's A-optimal criterion
+    becomes tr(Σ̃_T Σ̃_S⁻¹) on the target's top directions) and picks rows of the pool. Labels
+    then give per-class budgets only when ``stratify`` asks for them.
     """
 
     name = "skmm"
     row_separable = True
     stratify_with_labels = True
+    targeted = True
 
     def __init__(
         self,
@@ -208,14 +215,33 @@ class SkMM(Selector):
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
+        self._target_spectrum = None
+        if self._target is not None:
+            info["target"] = self._prepare_target(info["sketch"])
         info["timings"] = {"sketch": time.perf_counter() - began}
         return rows, info
+
+    def _prepare_target(self, sketch: dict[str, Any]) -> dict[str, Any]:
+        """Sketch the target's rows with the pool's map and keep the spectrum of their moment."""
+        target = self._target
+        if sketch["kind"] == "none":
+            rows = target.to_tensor()
+        else:
+            rows = sketch_features(target, self.sketch_dim, self.sketch, sketch["seed"], None)
+        centered = self._objective() != "diagonal" and bool(self._option("center"))
+        self._target_spectrum = spectrum(rows, center=centered)
+        return {
+            "effective_rank": self._target_spectrum.effective_rank(),
+            "intrinsic_dimension": self._target_spectrum.intrinsic_dimension(),
+        }
 
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
         pool = data.n_rows
         began = time.perf_counter()
         centered = self._objective() != "diagonal" and bool(self._option("center"))
-        spec = spectrum(data, center=centered)
+        spec = self._target_spectrum
+        if spec is None:
+            spec = spectrum(data, center=centered)
         rank = spec.effective_rank()
         timings = {"spectrum": time.perf_counter() - began}
         diagnostics: dict[str, Any] = {
@@ -227,6 +253,11 @@ class SkMM(Selector):
         if n == pool or rank == 0:
             if n == pool:
                 note = "n equals the pool size: every row is selected"
+            elif self._target_spectrum is not None:
+                note = (
+                    "the target's rows have no spread (all equal, or all zero): no direction "
+                    "to match, rows drawn uniformly"
+                )
             elif centered and bool(spec.mean.abs().max() > 0):
                 note = (
                     "all rows are equal: no direction to match about their mean, rows drawn "
