@@ -203,6 +203,7 @@ class Selection:
             head += f" (seed {info['random_state']})"
         lines = [head]
         per_class = [entry for entry in info.get("classes") or [] if "directions" in entry]
+        target = isinstance(info.get("target"), dict)
         stage_seconds = {
             name: seconds
             for name, seconds in timings.items()
@@ -221,16 +222,19 @@ class Selection:
             gap = directions.get("gap_ratio")
             ratio = f", eigengap ratio {gap:.3g}" if isinstance(gap, (int, float)) else ""
             about = " about the mean, and the intercept" if info.get("centered") else ""
+            of_target = f", of the target's {info['target']['n_rows']} rows" if target else ""
             lines.append(
-                f"  directions matched: k = {directions['k']}{of}{about} "
+                f"  directions matched: k = {directions['k']}{of}{about}{of_target} "
                 f"(rule {directions['rule']!r}{ratio})"
             )
+        whose = "the target's" if target else "the pool's"
         if "c_S" in info:
-            lines.append("  " + _explain_c_s(info["c_S"], info.get("c_S_directions")))
+            lines.append("  " + _explain_c_s(info["c_S"], info.get("c_S_directions"), whose))
         designs = {entry["label"]: entry for entry in per_class}
         if designs:
             about = " about its mean, and the intercept" if per_class[0].get("centered") else ""
-            lines.append(f"  one design per class (its own moments{about}): k and c_S below")
+            moments = "the target's moments" if target else f"its own moments{about}"
+            lines.append(f"  one design per class ({moments}): k and c_S below")
         counts = info.get("class_counts")
         if counts:
             pool_total, core_total = sum(counts["pool"]), max(1, sum(counts["coreset"]))
@@ -341,13 +345,14 @@ class Selection:
         raise TypeError(f"cannot take a subset of {type(data).__name__}")
 
 
-def _explain_c_s(c_s: Any, k: Any) -> str:
-    """c_S in one line: the least c with Σ̃ ⪯ c·Σ̃_S on the matched directions."""
+def _explain_c_s(c_s: Any, k: Any, whose: str = "the pool's") -> str:
+    """c_S in one line: the least c with Σ̃ ⪯ c·Σ̃_S (Σ̃ the pool's or the target's moment) on
+    the matched directions."""
     on = f" on the {k} matched directions" if k else ""
     if c_s is None or not math.isfinite(float(c_s)):
         return f"c_S = inf{on}: the coreset leaves a matched direction uncovered"
     return (
         f"c_S = {float(c_s):.3g}{on}: the coreset's worst-covered direction has "
-        f"1/{float(c_s):.3g} = {100 / float(c_s):.0f}% of the pool's energy (lower is better; "
-        "1 = as well covered as the pool)"
+        f"1/{float(c_s):.3g} = {100 / float(c_s):.0f}% of {whose} energy (lower is better; "
+        f"1 = as well covered as {whose.removesuffix(chr(39) + 's')})"
     )
