@@ -351,8 +351,7 @@ class SketchMap:
                     crow, columns, part[e0:e1], (g1 - g0, width), check_invariants=False
                 )
             product = torch.sparse.mm(tile, values)
-            scale = pairs.scale[g0:g1] * 2.0 ** (-level * self.bits)
-            out[rows] = out[rows].addcmul_(product, scale)
+            _add_rows(out, rows, product, pairs.scale[g0:g1] * 2.0 ** (-level * self.bits))
 
     def _add_sign_chunk(
         self,
@@ -376,13 +375,14 @@ class SketchMap:
             keys, inverse = torch.unique(keys, return_inverse=True)
             where = rows[keys // m] * m + keys % m
             flat = out.view(-1)
+        entry_signs = signs[local]
         for level, part in enumerate(pairs.parts):
-            terms = (part[e0:e1, None] * signs[local]).reshape(-1)
+            terms = (part[e0:e1, None] * entry_signs).reshape(-1)
             scale = pairs.scale[g0:g1] * 2.0 ** (-level * self.bits)
             if dense:
                 product = torch.zeros((g1 - g0) * m, dtype=torch.float64)
                 product = product.index_add_(0, keys, terms).view(g1 - g0, m)
-                out[rows] = out[rows].addcmul_(product, scale)
+                _add_rows(out, rows, product, scale)
             else:
                 sums = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inverse, terms)
                 flat[where] = flat[where].addcmul_(sums, scale[keys // m, 0])
@@ -565,6 +565,18 @@ def sketch_features(
             out[start - first : stop - first] = product.to(out.dtype)
             bar.update(stop - start)
     return out
+
+
+def _add_rows(
+    out: torch.Tensor, rows: torch.Tensor, product: torch.Tensor, scale: torch.Tensor
+) -> None:
+    """``out[rows] += product · scale`` (``addcmul_``, as :meth:`SketchMap.apply` adds), in
+    place on a slice when ``rows`` (sorted, distinct) are consecutive."""
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == rows.numel():
+        out[first : last + 1].addcmul_(product, scale)
+    else:
+        out.index_copy_(0, rows, out.index_select(0, rows).addcmul_(product, scale))
 
 
 class _ChunkPairs:
