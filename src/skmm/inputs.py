@@ -147,7 +147,8 @@ _TORCH_REAL = {
 class FeatureMatrix:
     """A validated (N, r) matrix of features or gradients, read in row chunks.
 
-    ``source`` stays as given (numpy array, memmap, :class:`LazyArray` or torch tensor);
+    ``source`` stays as given (numpy array, memmap, :class:`LazyArray` or torch tensor), or
+    is the :class:`~skmm.sparse.SparseRows` of a sparse input (rows densified as read);
     :meth:`rows` returns torch tensors in ``compute_dtype`` on ``device``. ``streamed``
     sources (:func:`is_streamed`) are read from disk as asked, and their finiteness is
     checked chunk by chunk as rows are read; the others were checked whole up front.

@@ -276,15 +276,23 @@ class SketchMap:
                 self._cache[key] = entry
                 self._cache_left -= size
 
-    def sign_entries(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse-sign block ``block`` as its ζ nonzero columns per row (int64) and their ±1
-        signs (float64), both (rows, ζ); cached like the other blocks."""
-        key = ("entries", block)
+    def sign_matrix(self, block: int) -> scipy.sparse.csr_array:
+        """Sparse-sign block ``block`` of Q, (rows, m) in scipy CSR with ±1 float64 values (ζ
+        per row, columns increasing: one per stripe); cached like the other blocks."""
+        key = ("scipy", block)
         if key in self._cache:
             return self._cache[key]
         columns, signs = self._sparse_entries(block)
-        entry = (columns.long(), signs)
-        self._keep(key, entry, columns.numel() * (8 + 8))
+        n_rows, zeta = columns.shape
+        entry = scipy.sparse.csr_array(
+            (
+                signs.reshape(-1).numpy(),
+                columns.reshape(-1).numpy(),
+                np.arange(0, n_rows * zeta + 1, zeta, dtype=np.int32),
+            ),
+            shape=(n_rows, self.sketch_dim),
+        )
+        self._keep(key, entry, columns.numel() * (4 + 8) + 4 * (n_rows + 1))
         return entry
 
     def apply_sparse(self, rows: Any) -> torch.Tensor:
@@ -316,9 +324,9 @@ class SketchMap:
                     self._add_gaussian_chunk(pairs, chunk, block, out)
         else:
             for b in needed:
-                columns, signs = self.sign_entries(b)
+                block = self.sign_matrix(b)
                 for chunk in pairs.chunks_of_block(b):
-                    self._add_sign_chunk(pairs, chunk, columns, signs, out)
+                    self._add_sign_chunk(pairs, chunk, block, out)
         return out.mul_(self.scale)
 
     def _blocks_of(self, needed: list[int]) -> Iterator[torch.Tensor]:
@@ -354,38 +362,31 @@ class SketchMap:
             _add_rows(out, rows, product, pairs.scale[g0:g1] * 2.0 ** (-level * self.bits))
 
     def _add_sign_chunk(
-        self,
-        pairs: _ChunkPairs,
-        chunk: int,
-        columns: torch.Tensor,
-        signs: torch.Tensor,
-        out: torch.Tensor,
+        self, pairs: _ChunkPairs, chunk: int, block: scipy.sparse.csr_array, out: torch.Tensor
     ) -> None:
         """``out[rows] += (x_int @ Q_chunk) · scale`` for the pairs of chunk ``chunk``, level by
-        level, through the ζ nonzeros of Q per entry: the exact sums per (row, output column)
-        go to a dense (pairs, m) product when it is small, else are coalesced by sorting."""
+        level, the integer product a scipy CSR tile times the chunk's CSR rows of Q (ζ per
+        row: O(entries·ζ)); added densely per row when the product is dense enough, else entry
+        by entry (its nonzeros; the product's exact zeros add nothing)."""
         g0, g1, e0, e1 = pairs.span(chunk)
-        m = self.sketch_dim
-        local = torch.from_numpy(pairs.columns[e0:e1] - pairs.block_start(chunk))
-        targets = columns[local]
-        keys = (torch.from_numpy(pairs.group_of[e0:e1] - g0)[:, None] * m + targets).reshape(-1)
+        m, k = self.sketch_dim, g1 - g0
+        offset = pairs.offset(chunk)
+        width = min(self.chunk_cols, block.shape[0] - offset)
+        crow = np.append(pairs.starts[g0:g1], e1) - e0
+        columns = pairs.columns[e0:e1] - (pairs.block_start(chunk) + offset)
+        values = block[offset : offset + width]
         rows = torch.from_numpy(pairs.group_rows[g0:g1])
-        dense = (g1 - g0) * m <= 4 * keys.numel()
-        if not dense:
-            keys, inverse = torch.unique(keys, return_inverse=True)
-            where = rows[keys // m] * m + keys % m
-            flat = out.view(-1)
-        entry_signs = signs[local]
         for level, part in enumerate(pairs.parts):
-            terms = (part[e0:e1, None] * entry_signs).reshape(-1)
+            tile = scipy.sparse.csr_array((part[e0:e1].numpy(), columns, crow), shape=(k, width))
+            product = tile @ values
             scale = pairs.scale[g0:g1] * 2.0 ** (-level * self.bits)
-            if dense:
-                product = torch.zeros((g1 - g0) * m, dtype=torch.float64)
-                product = product.index_add_(0, keys, terms).view(g1 - g0, m)
-                _add_rows(out, rows, product, scale)
+            if 4 * product.nnz >= k * m:
+                _add_rows(out, rows, torch.from_numpy(product.toarray()), scale)
             else:
-                sums = torch.zeros(keys.numel(), dtype=torch.float64).index_add_(0, inverse, terms)
-                flat[where] = flat[where].addcmul_(sums, scale[keys // m, 0])
+                local = torch.from_numpy(np.repeat(np.arange(k), np.diff(product.indptr)))
+                where = rows[local] * m + torch.from_numpy(product.indices.astype(np.int64))
+                flat = out.view(-1)
+                flat[where] = flat[where].addcmul_(torch.from_numpy(product.data), scale[local, 0])
 
     def _in_order(self, get: Callable[[int], torch.Tensor], sparse: bool) -> Iterator[torch.Tensor]:
         """``get(b)`` for every block in order. Blocks not cached yet are built by a pool of
@@ -592,9 +593,16 @@ class _ChunkPairs:
         self.per_block = -(-self.block_rows // self.chunk_cols)
         entry_rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
         columns = csr.indices.astype(np.int64)
-        blocks = columns // self.block_rows
-        chunks = blocks * self.per_block + (columns - blocks * self.block_rows) // self.chunk_cols
-        order = np.argsort(chunks, kind="stable")  # CSR order is row-major: rows stay sorted
+        if self.block_rows % self.chunk_cols == 0:  # chunks tile the columns evenly
+            chunks = columns // self.chunk_cols
+        else:
+            blocks = columns // self.block_rows
+            chunks = blocks * self.per_block + (columns % self.block_rows) // self.chunk_cols
+        if sketch_map.n_blocks * self.per_block <= np.iinfo(np.int16).max:  # radix sort
+            order = np.argsort(chunks.astype(np.int16), kind="stable")
+        else:
+            order = np.argsort(chunks, kind="stable")
+        # a stable sort of the row-major CSR order keeps each chunk's rows in order
         chunks, entry_rows, self.columns = chunks[order], entry_rows[order], columns[order]
         data = torch.from_numpy(csr.data.astype(csr.data.dtype.newbyteorder("="), copy=False))
         if data.dtype not in (torch.float32, torch.float64):
