@@ -25,6 +25,7 @@ SCRIPTS = {
     "baselines": "bench_baselines.py",
     "gradmatch": "bench_gradmatch.py",
     "greedy": "bench_greedy.py",
+    "sparse": "bench_sparse.py",
 }
 
 

@@ -18,6 +18,7 @@ HEADINGS = {
     "baselines": ["## k-center greedy and herding", "## Time against N", "## Facility location"],
     "gradmatch": ["## Pursuit time and quality"],
     "greedy": ["## Lazy against plain A-optimal greedy", "## End-to-end SkMM selection"],
+    "sparse": ["## Sparse against dense", "## Time against nnz"],
 }
 
 

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse
 from safetensors.numpy import save_file
 
 import skmm
@@ -151,6 +152,89 @@ def test_pickle_input_is_refused(tmp_path, capsys):
     path.write_bytes(pickle.dumps(np.ones((5, 5))))
     assert main(["select", str(path), "--n", "2"]) == 2
     assert "never loads pickles" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("layout", "compressed"), [("csr", True), ("csc", False), ("coo", True)])
+@pytest.mark.parametrize("method", ["skmm", "kcenter"])
+def test_sparse_npz_features_select_like_their_dense_form(tmp_path, layout, compressed, method):
+    dense = np.random.default_rng(2).standard_normal((150, 90)).astype(np.float32)
+    dense[np.random.default_rng(3).random(dense.shape) < 0.9] = 0.0
+    sparse_path, dense_path = tmp_path / "features.npz", tmp_path / "features.npy"
+    scipy.sparse.save_npz(sparse_path, scipy.sparse.csr_array(dense).asformat(layout), compressed)
+    np.save(dense_path, dense)
+    picks = []
+    for path in (sparse_path, dense_path):
+        out = tmp_path / f"{path.stem}-{path.suffix[1:]}.npy"
+        args = ["select", str(path), "--n", "8", "--method", method, "--seed", "2", "--quiet"]
+        assert main([*args, "--out", str(out)] + (["--sketch-dim", "16"] * (method == "skmm"))) == 0
+        picks.append(Selection.load(out).indices)
+    np.testing.assert_array_equal(*picks)
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        (
+            {"format": np.array("csr"), "shape": np.array([2, 3]), "data": np.ones(2)},
+            "malformed scipy.sparse .npz file: format 'csr' needs the array(s) indices, indptr",
+        ),
+        (
+            {"format": np.array("abc"), "shape": np.array([2, 3]), "data": np.ones(2)},
+            "its format is 'abc', not one of csr, csc, bsr, coo, dia",
+        ),
+        (
+            {
+                "format": np.array(b"csr"),
+                "shape": np.array([2, 3]),
+                "data": np.ones(2),
+                "indices": np.array([0, 7]),
+                "indptr": np.array([0, 1, 2]),
+            },
+            "malformed scipy.sparse .npz file: indices must be < 3",
+        ),
+        (
+            {
+                "format": np.array(b"csr"),
+                "shape": np.array([2, 3]),
+                "data": np.ones(2),
+                "indices": np.array([0, 1]),
+                "indptr": np.array([0, 5, 2]),
+            },
+            "malformed scipy.sparse .npz file: indptr must be a non-decreasing",
+        ),
+        (
+            {
+                "format": np.array(b"coo"),
+                "shape": np.array([2, 3]),
+                "data": np.array([1.0, np.nan]),
+                "row": np.array([0, 1]),
+                "col": np.array([1, 2]),
+            },
+            "contains non-finite values: 1 NaN/Inf among its 2 stored values (first: nan at "
+            "row 1, column 2)",
+        ),
+    ],
+)
+def test_malformed_sparse_npz_files_exit_2_with_one_line(tmp_path, capsys, arrays, message):
+    path = _write_npz(tmp_path / "features.npz", **arrays)
+    assert main(["select", str(path), "--n", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skmm: error:") and message in err and "Traceback" not in err
+
+
+def test_sparse_npz_takes_no_key_and_is_no_labels_file(tmp_path, features_file, capsys):
+    path = tmp_path / "sparse.npz"
+    scipy.sparse.save_npz(path, scipy.sparse.random(200, 5, density=0.5, format="csr"))
+    assert main(["select", str(path), "--n", "2", "--key", "data"]) == 2
+    assert "holds one scipy sparse matrix; it has no key 'data'" in capsys.readouterr().err
+    assert main(["select", str(features_file), "--n", "2", "--labels", str(path)]) == 2
+    assert "only a features file may be sparse" in capsys.readouterr().err
+    assert skmm.select(str(path), 2, "uniform", random_state=0).indices.shape == (2,)
 
 
 def test_missing_file(tmp_path, capsys):

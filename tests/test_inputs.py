@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 
 import skmm
@@ -15,6 +16,7 @@ from skmm.inputs import (
     resolve_device,
 )
 from skmm.rows import PoolRows
+from skmm.sparse import SparseRows
 
 
 def test_numpy_and_torch_inputs_agree():
@@ -73,10 +75,108 @@ def test_bad_types_are_type_errors(features):
         as_feature_matrix(features)
 
 
-def test_sparse_matrices_get_a_pointed_message():
-    sparse = pytest.importorskip("scipy.sparse")
-    with pytest.raises(TypeError, match="sparse"):
-        as_feature_matrix(sparse.random(5, 5, format="csr"))
+SPARSE_DENSE = np.array([[0.0, 2.5, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.5]])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        scipy.sparse.csr_array,
+        scipy.sparse.csc_array,
+        scipy.sparse.coo_array,
+        scipy.sparse.csr_matrix,
+        scipy.sparse.csc_matrix,
+        scipy.sparse.coo_matrix,
+        scipy.sparse.lil_matrix,
+        scipy.sparse.dok_array,
+        scipy.sparse.bsr_array,
+        lambda dense: torch.from_numpy(dense).to_sparse(),
+        lambda dense: torch.from_numpy(dense).to_sparse_csr(),
+        lambda dense: torch.from_numpy(dense).to_sparse_csc(),
+    ],
+)
+def test_sparse_matrices_read_as_their_dense_rows(make):
+    matrix = as_feature_matrix(make(SPARSE_DENSE))
+    assert matrix.shape == (3, 4) and matrix.compute_dtype == torch.float64
+    assert isinstance(matrix.source, SparseRows) and not matrix.streamed
+    assert torch.equal(matrix.to_tensor(), torch.from_numpy(SPARSE_DENSE))
+    assert torch.equal(matrix.rows(1, 3), torch.from_numpy(SPARSE_DENSE[1:3]))
+    assert torch.equal(matrix.take(np.array([2, 0])), torch.from_numpy(SPARSE_DENSE[[2, 0]]))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "compute"),
+    [(np.float32, torch.float32), (np.int64, torch.float32), (np.int8, torch.float32)],
+)
+def test_sparse_dtypes_compute_as_dense_ones_do(dtype, compute):
+    sparse = scipy.sparse.csr_array(SPARSE_DENSE.astype(dtype))
+    assert as_feature_matrix(sparse).compute_dtype == compute
+    assert as_feature_matrix(SPARSE_DENSE.astype(dtype)).compute_dtype == compute
+    half = torch.from_numpy(SPARSE_DENSE).to(torch.float16).to_sparse()
+    assert as_feature_matrix(half).compute_dtype == torch.float32
+
+
+def test_sparse_input_is_not_modified():
+    duplicated = scipy.sparse.csr_array(
+        (np.array([1.0, 2.0, 4.0]), np.array([3, 1, 3]), np.array([0, 3])), shape=(1, 4)
+    )
+    before = (duplicated.data.copy(), duplicated.indices.copy())
+    matrix = as_feature_matrix(duplicated)
+    assert torch.equal(
+        matrix.to_tensor(), torch.tensor([[0.0, 2.0, 0.0, 5.0]], dtype=torch.float64)
+    )
+    assert np.array_equal(duplicated.data, before[0])
+    assert np.array_equal(duplicated.indices, before[1])
+
+
+@pytest.mark.parametrize(
+    ("features", "error", "message"),
+    [
+        (scipy.sparse.csr_array(SPARSE_DENSE.astype(bool)), TypeError, "boolean dtype"),
+        (scipy.sparse.csr_array(SPARSE_DENSE.astype(complex)), TypeError, "complex dtype"),
+        (torch.from_numpy(SPARSE_DENSE).to(torch.complex64).to_sparse(), TypeError, "complex"),
+        (torch.from_numpy(SPARSE_DENSE > 0).to_sparse(), TypeError, "torch.bool"),
+        (scipy.sparse.coo_array(np.ones(3)), ValueError, r"2-D .* shape \(3,\)"),
+        (torch.ones(2, 3, 4).to_sparse(), ValueError, r"2-D .* shape \(2, 3, 4\)"),
+        (scipy.sparse.csr_array((0, 4)), ValueError, "N = 0 rows"),
+        (scipy.sparse.csr_array((3, 0)), ValueError, "rows of length 0"),
+        (
+            scipy.sparse.csr_matrix(
+                (np.ones(2), np.array([0, 9]), np.array([0, 1, 2])), shape=(2, 3)
+            ),
+            ValueError,
+            "malformed sparse matrix",
+        ),
+    ],
+)
+def test_bad_sparse_matrices_say_what_is_wrong(features, error, message):
+    with pytest.raises(error, match=message):
+        as_feature_matrix(features)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        (np.nan, np.float64, r"1 NaN/Inf .* \(first: nan at row 2, column 3\)"),
+        (-np.inf, np.float32, r"NaN/Inf .* at row 2, column 3"),
+        (1e300, np.float64, r"too large for float64 .* at row 2, column 3"),
+        (1e30, np.float32, r"too large for float32 .* at row 2, column 3"),
+        (2**62, np.int64, "too large for float32"),
+    ],
+)
+def test_bad_sparse_values_are_located(value, dtype, message):
+    dense = SPARSE_DENSE.astype(dtype)
+    dense[2, 3] = value
+    with pytest.raises(ValueError, match=message):
+        as_feature_matrix(scipy.sparse.csc_array(dense))
+    with pytest.raises(ValueError, match="too large" if "large" in message else "NaN/Inf"):
+        as_feature_matrix(dense)
+
+
+def test_sparse_scale_is_checked_like_dense():
+    with pytest.raises(ValueError, match="too small in scale"):
+        as_feature_matrix(scipy.sparse.csr_array(SPARSE_DENSE * 1e-14))
+    assert as_feature_matrix(scipy.sparse.csr_array((3, 4))).shape == (3, 4)
 
 
 def test_memmap_nan_is_found_on_read(tmp_path):

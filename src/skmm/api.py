@@ -48,7 +48,9 @@ def select(
     """Select n of the N rows of ``features`` (N, r) with ``method``.
 
     ``features`` is a numpy array, memmap or torch tensor of per-sample gradients or
-    features, a path to an array file (.npy, .npz, .safetensors) or a sketch store, a
+    features, a scipy sparse matrix or torch sparse tensor (sketched without densifying), a
+    path to an array file (.npy, .npz dense or from scipy.sparse.save_npz, .safetensors) or
+    a sketch store, a
     ``SketchStore``, or the ``GradientSketch`` that ``sketch_gradients`` returns (whose labels
     are used when ``labels`` is None); ``labels`` (length N) enable ``stratify``; ``target``
     (T, r), in any of the same forms, asks a targeted method (``method="skmm"``) for the rows

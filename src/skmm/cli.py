@@ -58,7 +58,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "features",
-        help="matrix file (.npy memory-mapped, .npz, .safetensors) or a `skmm sketch` store",
+        help="matrix file (.npy memory-mapped, .npz dense or from scipy.sparse.save_npz, "
+        ".safetensors) or a `skmm sketch` store",
     )
     sel.add_argument("--n", type=int, required=True, help="number of rows to select")
     sel.add_argument("--method", default="skmm", help="selection method (see `skmm methods`)")

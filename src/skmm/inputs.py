@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .sparse import SparseRows, is_sparse, to_csr
+
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 SMALLEST_SCALE = 1e-12
 """Inputs whose largest absolute value is below this (but not zero) are refused: the probe's
@@ -145,7 +147,8 @@ _TORCH_REAL = {
 class FeatureMatrix:
     """A validated (N, r) matrix of features or gradients, read in row chunks.
 
-    ``source`` stays as given (numpy array, memmap, :class:`LazyArray` or torch tensor);
+    ``source`` stays as given (numpy array, memmap, :class:`LazyArray` or torch tensor), or
+    is the :class:`~skmm.sparse.SparseRows` of a sparse input (rows densified as read);
     :meth:`rows` returns torch tensors in ``compute_dtype`` on ``device``. ``streamed``
     sources (:func:`is_streamed`) are read from disk as asked, and their finiteness is
     checked chunk by chunk as rows are read; the others were checked whole up front.
@@ -269,16 +272,13 @@ def as_feature_matrix(
     device: str | torch.device | None = None,
 ) -> FeatureMatrix:
     """Validate an (N, r) real matrix (numpy array, memmap, :class:`LazyArray`, torch tensor,
-    DataFrame, list).
+    scipy sparse matrix or array, torch sparse tensor, DataFrame, list).
 
     Raises ``TypeError`` for unsupported types or dtypes and ``ValueError`` for wrong shapes,
     empty input or NaN/Inf values (found up front for in-memory arrays, on read for memmaps).
     """
-    if hasattr(features, "tocsr") and hasattr(features, "nnz"):
-        raise TypeError(
-            f"{name} is a scipy sparse matrix; pass a dense array (e.g. .toarray()) or sketch it "
-            "first with skmm.sketch"
-        )
+    if is_sparse(features):
+        return _sparse_feature_matrix(features, name, device)
     if hasattr(features, "to_numpy") and not isinstance(features, (np.ndarray, torch.Tensor)):
         features = features.to_numpy()
     if isinstance(features, torch.Tensor):
@@ -310,7 +310,8 @@ def as_feature_matrix(
         )
     else:
         raise TypeError(
-            f"{name} must be a numpy array, numpy memmap, torch tensor, lazy array (shape, "
+            f"{name} must be a numpy array, numpy memmap, torch tensor, scipy or torch sparse "
+            "matrix, lazy array (shape, "
             "dtype, row reads and streamed=True: skmm.inputs.LazyArray), a path to an array "
             "file (.npy, .npz, .safetensors) or a sketch store, a SketchStore or the "
             f"GradientSketch of sketch_gradients; got {type(features).__name__}"
@@ -334,15 +335,90 @@ def as_feature_matrix(
         largest = 0.0
         for start, rows in matrix.chunks():
             largest = max(largest, _check_finite_tensor(rows, name, offset=start))
-        if 0.0 < largest < SMALLEST_SCALE:
-            raise ValueError(
-                f"{name} is too small in scale: its largest absolute value is {largest:.3g}, "
-                f"below {SMALLEST_SCALE:g}, where the probe's standardization and float32 "
-                "squared distances lose it; multiply the features by a constant such as "
-                f"{1 / largest:.3g} (with default options, selections do not depend on a global "
-                "scale)"
-            )
+        _check_scale(largest, name)
     return matrix
+
+
+def _check_scale(largest: float, name: str) -> None:
+    """ValueError when the largest |x| is nonzero but below :data:`SMALLEST_SCALE`."""
+    if 0.0 < largest < SMALLEST_SCALE:
+        raise ValueError(
+            f"{name} is too small in scale: its largest absolute value is {largest:.3g}, "
+            f"below {SMALLEST_SCALE:g}, where the probe's standardization and float32 "
+            "squared distances lose it; multiply the features by a constant such as "
+            f"{1 / largest:.3g} (with default options, selections do not depend on a global "
+            "scale)"
+        )
+
+
+def _sparse_feature_matrix(
+    features: object, name: str, device: str | torch.device | None
+) -> FeatureMatrix:
+    """A scipy or torch sparse (N, r) matrix as a :class:`FeatureMatrix` over its canonical
+    CSR (:class:`~skmm.sparse.SparseRows`), checked like a dense matrix of the same dtype:
+    the stored values, in the compute dtype, must be finite and not too large or small."""
+    if isinstance(features, SparseRows):
+        source = features
+    else:
+        if isinstance(features, torch.Tensor):
+            if features.dtype not in _TORCH_REAL:
+                raise TypeError(
+                    f"{name} must hold real numbers, got torch dtype {features.dtype}; cast it "
+                    "first"
+                )
+        else:
+            problem = _numpy_dtype_problem(np.dtype(features.dtype))
+            if problem:
+                raise TypeError(
+                    f"{name} must hold real numbers, got {problem} dtype {features.dtype}"
+                )
+        if features.ndim != 2:
+            raise ValueError(
+                f"{name} must be 2-D (N examples x r features), got shape {tuple(features.shape)}"
+            )
+        try:
+            source = SparseRows(to_csr(features))
+        except (ValueError, IndexError, RuntimeError) as exc:
+            raise ValueError(f"{name} is a malformed sparse matrix: {exc}") from None
+    n_rows, n_cols = source.shape
+    if n_rows == 0:
+        raise ValueError(f"{name} is empty: it has N = 0 rows")
+    if n_cols == 0:
+        raise ValueError(f"{name} has rows of length 0 (shape {source.shape})")
+    like = features if isinstance(features, torch.Tensor) else None
+    compute_dtype = torch.float64 if source.dtype == np.float64 else torch.float32
+    values = torch.from_numpy(source.csr.data.astype(source.dtype.newbyteorder("="), copy=False))
+    _check_scale(_check_sparse_values(source, values.to(compute_dtype), name), name)
+    return FeatureMatrix(source, name, resolve_device(device, like=like), compute_dtype, False)
+
+
+def _check_sparse_values(source: SparseRows, values: torch.Tensor, name: str) -> float:
+    """The largest |x| of the stored ``values``; ValueError naming the count and first position
+    of NaN/Inf values or of values too large (:func:`largest_magnitude`), as for dense input."""
+    if values.numel() == 0:
+        return 0.0
+    low, high = torch.aminmax(values)
+    largest = max(-float(low), float(high))
+    limit = largest_magnitude(values.dtype)
+    if math.isfinite(largest) and largest <= limit:
+        return largest
+    finite = math.isfinite(largest)
+    where = (values.abs() > limit if finite else ~torch.isfinite(values)).nonzero().flatten()
+    first = int(where[0])
+    row = int(np.searchsorted(source.csr.indptr, first, side="right")) - 1
+    position = f"at row {row}, column {int(source.csr.indices[first])}"
+    value = values[first].item()
+    if not finite:
+        raise ValueError(
+            f"{name} contains non-finite values: {where.numel()} NaN/Inf among its "
+            f"{values.numel()} stored values (first: {value} {position}); remove or impute them"
+        )
+    raise ValueError(
+        f"{name} holds values too large for {str(values.dtype).removeprefix('torch.')} "
+        f"arithmetic (first: {value:.3g} {position}; squared distances overflow above "
+        f"{limit:.2g}); rescale the features, e.g. divide them by their largest absolute value "
+        "(with default options, selections do not depend on a global scale)"
+    )
 
 
 def check_labels(labels: object, n_rows: int) -> tuple[np.ndarray, np.ndarray]:

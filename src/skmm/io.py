@@ -171,6 +171,11 @@ def load_array(
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if kind == "npz":
             with np.load(path, allow_pickle=False) as archive:
+                if _is_sparse_npz(archive.files):
+                    raise ValueError(
+                        f"{path} holds a scipy sparse matrix (scipy.sparse.save_npz); only a "
+                        "features file may be sparse, this one must hold a dense array"
+                    )
                 return _pick(dict(archive.items()), key, path)
         if kind == "safetensors":
             from safetensors.numpy import load_file
@@ -200,6 +205,64 @@ def load_array(
         if type(exc).__name__ == "SafetensorError":
             raise ValueError(f"{path} is not a valid safetensors file: {exc}") from None
         raise
+
+
+SPARSE_NPZ_ARRAYS = {
+    "csr": ("indices", "indptr"),
+    "csc": ("indices", "indptr"),
+    "bsr": ("indices", "indptr"),
+    "coo": ("row", "col"),
+    "dia": ("offsets",),
+}
+"""The arrays ``scipy.sparse.save_npz`` writes besides format, shape and data, by format."""
+
+
+def _is_sparse_npz(names: list[str]) -> bool:
+    """True for the key layout of ``scipy.sparse.save_npz``: format, shape and data arrays."""
+    return {"format", "shape", "data"} <= set(names)
+
+
+def load_features(path: str | os.PathLike[str], key: str | None = None) -> Any:
+    """A features file: :func:`load_array`'s array, or for an .npz written by
+    ``scipy.sparse.save_npz`` (recognized by its keys: format, shape, data) the sparse matrix
+    as a canonical ``csr_array``. Read without pickle; a malformed one is a ValueError."""
+    path = Path(path)
+    if sniff_format(path) != "npz":
+        return load_array(path, key)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = archive.files
+            if not _is_sparse_npz(names):
+                return load_array(path, key)
+            stored = archive["format"]
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise ValueError(f"{path} could not be read (truncated or corrupt?): {exc}") from None
+    if key is not None:
+        raise ValueError(f"{path} holds one scipy sparse matrix; it has no key {key!r}")
+    form = stored.item() if stored.ndim == 0 else None
+    form = form.decode("ascii", "replace") if isinstance(form, bytes) else form
+    if form not in SPARSE_NPZ_ARRAYS:
+        raise ValueError(
+            f"{path} looks like a scipy.sparse .npz file (format, shape and data arrays) but "
+            f"its format is {form if form is not None else stored!r}, not one of "
+            f"{', '.join(SPARSE_NPZ_ARRAYS)}"
+        )
+    missing = [name for name in SPARSE_NPZ_ARRAYS[form] if name not in names]
+    if form == "coo" and "coords" in names:
+        missing = []
+    if missing:
+        raise ValueError(
+            f"{path} is a malformed scipy.sparse .npz file: format {form!r} needs the "
+            f"array(s) {', '.join(missing)}; it holds {', '.join(sorted(names))}"
+        )
+    import scipy.sparse
+
+    from .sparse import to_csr
+
+    try:
+        return to_csr(scipy.sparse.load_npz(path))
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        raise ValueError(f"{path} is a malformed scipy.sparse .npz file: {exc}") from None
 
 
 def _pick(arrays: dict[str, np.ndarray], key: str | None, path: Path) -> np.ndarray:

@@ -33,8 +33,10 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from .inputs import (
@@ -47,6 +49,7 @@ from .inputs import (
 from .memory import check_memory
 from .progress import progress_bar
 from .seeding import SEED_MAX, derive_seed
+from .sparse import SparseRows, to_csr
 
 SKETCH_KINDS = ("gaussian", "sparse_sign")
 SPARSE_NNZ = 8
@@ -64,6 +67,9 @@ NORMAL_FRACTION_BITS = 12
 GAUSSIAN_VALUE_BITS = 15
 """|Q| < 2^15 for the Gaussian table (its largest entry is about 4.3 · 2^12)."""
 EXACT_BITS = 53
+SPARSE_ENTRY_BYTES = 512
+"""Working bytes per stored entry of a sparse batch (indices, slices, ζ targets), bounding
+the default batch of :func:`default_batch_rows`."""
 
 
 def block_rows(sketch_dim: int) -> int:
@@ -273,6 +279,118 @@ class SketchMap:
                 self._cache[key] = entry
                 self._cache_left -= size
 
+    def sign_matrix(self, block: int) -> scipy.sparse.csr_array:
+        """Sparse-sign block ``block`` of Q, (rows, m) in scipy CSR with ±1 float64 values (ζ
+        per row, columns increasing: one per stripe); cached like the other blocks."""
+        key = ("scipy", block)
+        if key in self._cache:
+            return self._cache[key]
+        columns, signs = self._sparse_entries(block)
+        n_rows, zeta = columns.shape
+        entry = scipy.sparse.csr_array(
+            (
+                signs.reshape(-1).numpy(),
+                columns.reshape(-1).numpy(),
+                np.arange(0, n_rows * zeta + 1, zeta, dtype=np.int32),
+            ),
+            shape=(n_rows, self.sketch_dim),
+        )
+        self._keep(key, entry, columns.numel() * (4 + 8) + 4 * (n_rows + 1))
+        return entry
+
+    def apply_sparse(self, rows: Any) -> torch.Tensor:
+        """``rows @ Γ`` in float64 for a scipy sparse (n, r) matrix, without densifying it:
+        bit for bit :meth:`apply` of the same rows dense, in O(nnz·m) for a Gaussian map and
+        O(nnz·ζ) for a sparse sign map (plus O(m) per row and chunk holding entries); only the
+        blocks of Γ whose columns hold entries are generated.
+
+        Every (row, chunk) pair with stored entries gets the scale and integer slices that
+        :meth:`apply` gives it, its exact integer product with the chunk's rows of Q is formed
+        from those entries alone, and the products are added in chunk order with the same
+        scales; a pair without entries adds an exact 0 there and is skipped here. float32 and
+        float64 values are used as they are, other dtypes in ``dtype``. CPU maps only.
+        """
+        if self.device.type != "cpu":
+            raise ValueError(f"apply_sparse runs on the CPU; this map is on {self.device}")
+        csr = to_csr(rows)
+        n_rows, n_cols = csr.shape
+        if n_cols != self.n_cols:
+            raise ValueError(f"rows have {n_cols} columns but the map expects {self.n_cols}")
+        out = torch.zeros(n_rows, self.sketch_dim, dtype=torch.float64)
+        if csr.nnz == 0:
+            return out.mul_(self.scale)
+        pairs = _ChunkPairs(csr, self)
+        needed = np.unique(pairs.chunk_ids // pairs.per_block).tolist()
+        if self.kind == "gaussian":
+            for b, block in zip(needed, self._blocks_of(needed), strict=True):
+                for chunk in pairs.chunks_of_block(b):
+                    self._add_gaussian_chunk(pairs, chunk, block, out)
+        else:
+            for b in needed:
+                block = self.sign_matrix(b)
+                for chunk in pairs.chunks_of_block(b):
+                    self._add_sign_chunk(pairs, chunk, block, out)
+        return out.mul_(self.scale)
+
+    def _blocks_of(self, needed: list[int]) -> Iterator[torch.Tensor]:
+        """The dense blocks ``needed`` in order, those not cached built by a pool of
+        ``torch.get_num_threads()`` threads a window at a time (as for :meth:`apply`)."""
+        threads = torch.get_num_threads()
+        if threads == 1 or all(b in self._cache for b in needed):
+            yield from map(self.block, needed)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for first in range(0, len(needed), threads):
+                yield from pool.map(self.block, needed[first : first + threads])
+
+    def _add_gaussian_chunk(
+        self, pairs: _ChunkPairs, chunk: int, block: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """``out[rows] += (x_int @ Q_chunk) · scale`` for the pairs of chunk ``chunk``, level by
+        level, the integer product a CSR tile times the chunk's dense rows of Q."""
+        g0, g1, e0, e1 = pairs.span(chunk)
+        offset = pairs.offset(chunk)
+        width = min(self.chunk_cols, block.shape[0] - offset)
+        crow = torch.from_numpy(np.append(pairs.starts[g0:g1], e1) - e0)
+        columns = torch.from_numpy(pairs.columns[e0:e1] - (pairs.block_start(chunk) + offset))
+        rows = torch.from_numpy(pairs.group_rows[g0:g1])
+        values = block[offset : offset + width]
+        for level, part in enumerate(pairs.parts):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                tile = torch.sparse_csr_tensor(
+                    crow, columns, part[e0:e1], (g1 - g0, width), check_invariants=False
+                )
+            product = torch.sparse.mm(tile, values)
+            _add_rows(out, rows, product, pairs.scale[g0:g1] * 2.0 ** (-level * self.bits))
+
+    def _add_sign_chunk(
+        self, pairs: _ChunkPairs, chunk: int, block: scipy.sparse.csr_array, out: torch.Tensor
+    ) -> None:
+        """``out[rows] += (x_int @ Q_chunk) · scale`` for the pairs of chunk ``chunk``, level by
+        level, the integer product a scipy CSR tile times the chunk's CSR rows of Q (ζ per
+        row: O(entries·ζ)); added densely per row when the product is dense enough, else entry
+        by entry (its nonzeros; the product's exact zeros add nothing)."""
+        g0, g1, e0, e1 = pairs.span(chunk)
+        m, k = self.sketch_dim, g1 - g0
+        offset = pairs.offset(chunk)
+        width = min(self.chunk_cols, block.shape[0] - offset)
+        crow = np.append(pairs.starts[g0:g1], e1) - e0
+        columns = pairs.columns[e0:e1] - (pairs.block_start(chunk) + offset)
+        values = block[offset : offset + width]
+        rows = torch.from_numpy(pairs.group_rows[g0:g1])
+        for level, part in enumerate(pairs.parts):
+            tile = scipy.sparse.csr_array((part[e0:e1].numpy(), columns, crow), shape=(k, width))
+            product = tile @ values
+            scale = pairs.scale[g0:g1] * 2.0 ** (-level * self.bits)
+            if 4 * product.nnz >= k * m:
+                _add_rows(out, rows, torch.from_numpy(product.toarray()), scale)
+            else:
+                local = torch.from_numpy(np.repeat(np.arange(k), np.diff(product.indptr)))
+                where = rows[local] * m + torch.from_numpy(product.indices.astype(np.int64))
+                flat = out.view(-1)
+                flat[where] = flat[where].addcmul_(torch.from_numpy(product.data), scale[local, 0])
+
     def _in_order(self, get: Callable[[int], torch.Tensor], sparse: bool) -> Iterator[torch.Tensor]:
         """``get(b)`` for every block in order. Blocks not cached yet are built by a pool of
         ``torch.get_num_threads()`` threads, one window of blocks at a time (each block has
@@ -345,7 +463,7 @@ def _sparse_product(block: torch.Tensor, part: torch.Tensor, out: torch.Tensor) 
 
 
 def sketch(
-    matrix: np.ndarray | torch.Tensor,
+    matrix: np.ndarray | torch.Tensor | scipy.sparse.sparray | scipy.sparse.spmatrix,
     sketch_dim: int,
     kind: str = "gaussian",
     seed: int = 0,
@@ -359,7 +477,9 @@ def sketch(
     Each row's sketch is the same bits for every ``batch_size``, processor, BLAS and device
     (exact integer products, see the module docstring); memory is O(batch_size·r + block·m).
     Numpy input (including memmaps) gives a numpy array, a torch tensor gives a tensor on
-    the compute device; float64 input gives float64, any other dtype float32.
+    the compute device; float64 input gives float64, any other dtype float32. A scipy sparse
+    matrix or array (a numpy result) or a torch sparse tensor is sketched without densifying
+    it, in O(nnz·m) (Gaussian) or O(nnz·ζ) (sparse sign), to the same bits as its dense form.
     """
     features = as_feature_matrix(matrix, name="matrix", device=device)
     sketch_dim = check_positive_int(sketch_dim, "sketch_dim")
@@ -374,9 +494,15 @@ def sketch(
 def default_batch_rows(features: FeatureMatrix, sketch_dim: int) -> int:
     """Rows per sketching batch: about 256 MB of input rows, or, when the rows are views of
     an in-memory matrix already in the compute dtype (no copy per batch), as many rows as a
-    256 MB float64 accumulator holds, so that each block of Γ is generated once per call."""
-    rows = features.default_chunk_rows()
+    256 MB float64 accumulator holds, so that each block of Γ is generated once per call.
+    Sparse rows: as many as that accumulator holds, and at most about 256 MB of working
+    arrays for their stored entries (``SPARSE_ENTRY_BYTES`` each)."""
     source = features.source
+    if isinstance(source, SparseRows):
+        per_row = max(1.0, source.nnz / features.n_rows) * SPARSE_ENTRY_BYTES
+        rows = min(DEFAULT_CHUNK_BYTES // (8 * sketch_dim), int(DEFAULT_CHUNK_BYTES // per_row))
+        return max(1, min(rows, features.n_rows))
+    rows = features.default_chunk_rows()
     if isinstance(source, torch.Tensor):
         views = source.dtype == features.compute_dtype and source.device == features.device
     else:
@@ -404,6 +530,9 @@ def sketch_features(
 ) -> torch.Tensor:
     """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`.
 
+    Sparse sources (:class:`~skmm.sparse.SparseRows`) are sketched on the CPU by
+    :meth:`SketchMap.apply_sparse`, row batch by row batch, never densified.
+
     ``rows``: sketch only rows [start, stop), e.g. one rank's share of the pool; their sketch
     equals those rows of the whole pool's.
     """
@@ -419,12 +548,13 @@ def sketch_features(
         "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch)",
         features.device,
     )
+    sparse = isinstance(features.source, SparseRows)
     sketch_map = SketchMap(
         features.n_cols,
         sketch_dim,
         kind,
         seed,
-        device=features.device,
+        device="cpu" if sparse else features.device,
         dtype=features.compute_dtype,
     )
     out = torch.empty(
@@ -432,9 +562,92 @@ def sketch_features(
     )
     with progress_bar(last - first, "sketch", progress, unit="row") as bar:
         for start in range(first, last, batch_size):
-            block = features.rows(start, min(start + batch_size, last))
-            out[start - first : start - first + block.shape[0]] = sketch_map.apply(block).to(
-                out.dtype
-            )
-            bar.update(block.shape[0])
+            stop = min(start + batch_size, last)
+            if sparse:
+                product = sketch_map.apply_sparse(features.source.csr_rows(start, stop))
+            else:
+                product = sketch_map.apply(features.rows(start, stop))
+            out[start - first : stop - first] = product.to(out.dtype)
+            bar.update(stop - start)
     return out
+
+
+def _add_rows(
+    out: torch.Tensor, rows: torch.Tensor, product: torch.Tensor, scale: torch.Tensor
+) -> None:
+    """``out[rows] += product · scale`` (``addcmul_``, as :meth:`SketchMap.apply` adds), in
+    place on a slice when ``rows`` (sorted, distinct) are consecutive."""
+    first, last = int(rows[0]), int(rows[-1])
+    if last - first + 1 == rows.numel():
+        out[first : last + 1].addcmul_(product, scale)
+    else:
+        out.index_copy_(0, rows, out.index_select(0, rows).addcmul_(product, scale))
+
+
+class _ChunkPairs:
+    """The stored entries of a CSR matrix grouped by (chunk, row), chunk-major, as
+    :meth:`SketchMap.apply` cuts rows: chunk ids count the chunks of ``chunk_cols`` columns of
+    every block of ``block_rows`` columns in column order. Each (chunk, row) group holds the
+    power-of-two scale of its largest |x| and its entries' integer slices (``_integer_rows``'s
+    arithmetic, entry by entry)."""
+
+    def __init__(self, csr: Any, sketch_map: SketchMap) -> None:
+        self.block_rows = sketch_map.block_rows
+        self.chunk_cols = sketch_map.chunk_cols
+        self.per_block = -(-self.block_rows // self.chunk_cols)
+        entry_rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+        columns = csr.indices.astype(np.int64)
+        if self.block_rows % self.chunk_cols == 0:  # chunks tile the columns evenly
+            chunks = columns // self.chunk_cols
+        else:
+            blocks = columns // self.block_rows
+            chunks = blocks * self.per_block + (columns % self.block_rows) // self.chunk_cols
+        if sketch_map.n_blocks * self.per_block <= np.iinfo(np.int16).max:  # radix sort
+            order = np.argsort(chunks.astype(np.int16), kind="stable")
+        else:
+            order = np.argsort(chunks, kind="stable")
+        # a stable sort of the row-major CSR order keeps each chunk's rows in order
+        chunks, entry_rows, self.columns = chunks[order], entry_rows[order], columns[order]
+        data = torch.from_numpy(csr.data.astype(csr.data.dtype.newbyteorder("="), copy=False))
+        if data.dtype not in (torch.float32, torch.float64):
+            data = data.to(sketch_map.dtype)
+        values = data.to(torch.float64)[torch.from_numpy(order)]
+        new = np.ones(order.size, dtype=bool)
+        new[1:] = (chunks[1:] != chunks[:-1]) | (entry_rows[1:] != entry_rows[:-1])
+        self.starts = np.flatnonzero(new)
+        self.group_of = np.cumsum(new) - 1
+        self.group_rows = entry_rows[self.starts]
+        group_chunks = chunks[self.starts]
+        firsts = np.flatnonzero(np.diff(group_chunks, prepend=-1))
+        self.chunk_ids = group_chunks[firsts]
+        self._group_bounds = np.append(firsts, self.starts.size)
+        self._entry_bounds = np.append(self.starts, order.size)
+        top = torch.from_numpy(np.maximum.reduceat(values.abs().numpy(), self.starts))
+        bits = sketch_map.bits
+        exponent = torch.frexp(top).exponent.clamp_(min=bits - 1022)
+        scaled = values * _powers_of_two(bits - exponent)[torch.from_numpy(self.group_of)]
+        self.parts = [torch.round(scaled)]
+        for _ in range(1, sketch_map.slices):
+            scaled = (scaled - self.parts[-1]).mul_(2.0**bits)
+            self.parts.append(torch.round(scaled))
+        self.scale = _powers_of_two(exponent - bits)[:, None]
+
+    def chunks_of_block(self, block: int) -> range:
+        """Positions (in ``chunk_ids``) of the chunks of ``block`` that hold entries."""
+        first, last = np.searchsorted(
+            self.chunk_ids, [block * self.per_block, (block + 1) * self.per_block]
+        )
+        return range(int(first), int(last))
+
+    def span(self, chunk: int) -> tuple[int, int, int, int]:
+        """Groups [g0, g1) and entries [e0, e1) of the chunk at position ``chunk``."""
+        g0, g1 = int(self._group_bounds[chunk]), int(self._group_bounds[chunk + 1])
+        return g0, g1, int(self._entry_bounds[g0]), int(self._entry_bounds[g1])
+
+    def block_start(self, chunk: int) -> int:
+        """First column of the block of the chunk at position ``chunk``."""
+        return int(self.chunk_ids[chunk] // self.per_block) * self.block_rows
+
+    def offset(self, chunk: int) -> int:
+        """Offset of the chunk at position ``chunk`` inside its block."""
+        return int(self.chunk_ids[chunk] % self.per_block) * self.chunk_cols

@@ -1,6 +1,7 @@
 """What a user may hand ``skmm.select`` besides a matrix: a path, a store or a gradient sketch.
 
-:func:`open_features` turns a path to an array file (.npy memory-mapped, .npz, .safetensors)
+:func:`open_features` turns a path to an array file (.npy memory-mapped, .npz — dense, or
+sparse as ``scipy.sparse.save_npz`` writes it — .safetensors)
 or to a ``skmm sketch`` store, a :class:`~skmm.store.SketchStore`, or the
 :class:`~skmm.gradients.GradientSketch` of ``sketch_gradients`` into the matrix it stands
 for and the labels it carries. The library's ``select``/``fit`` and the CLI share it; the
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from .inputs import is_streamed
-from .io import load_array
+from .io import load_features
+from .sparse import is_sparse
 from .store import SketchStore, is_store
 
 
@@ -26,11 +28,12 @@ def open_features(source: object, key: str | None = None) -> tuple[object, np.nd
 
     A path names a ``skmm sketch`` store (its rows read lazily, each shard's checksum checked
     on first read) or an array file (.npy memory-mapped, .npz, .safetensors; ``key`` names
-    the array); a :class:`~skmm.store.SketchStore` or the
-    :class:`~skmm.gradients.GradientSketch` that ``sketch_gradients`` returns gives its
-    features and labels; anything else is returned as it is, without labels.
+    the array; an .npz of ``scipy.sparse.save_npz`` gives its sparse matrix); a
+    :class:`~skmm.store.SketchStore` or the :class:`~skmm.gradients.GradientSketch` that
+    ``sketch_gradients`` returns gives its features and labels; anything else is returned as
+    it is, without labels.
     """
-    if isinstance(source, (np.ndarray, torch.Tensor)) or is_streamed(source):
+    if isinstance(source, (np.ndarray, torch.Tensor)) or is_streamed(source) or is_sparse(source):
         return _no_key(source, key), None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -45,7 +48,7 @@ def open_features(source: object, key: str | None = None) -> tuple[object, np.nd
                 "array file (.npy, .npz, .safetensors)"
             )
         else:
-            return load_array(path, key), None
+            return load_features(path, key), None
     if isinstance(source, SketchStore):
         return _no_key(source.features, key), source.labels
     sketching = sys.modules.get("skmm.gradients.sketching")
