@@ -44,8 +44,8 @@ RESEARCH_ITERATIONS = 10_000
 CHUNK_ROWS = 65_536
 
 
-def make_problem(rows: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(P float32 (N, m), eigenvalues, seconds for spectrum + P), built in row chunks."""
+def make_sketch(rows: int, dim: int, seed: int) -> torch.Tensor:
+    """N rows of m standard normal features, column j scaled by j^-0.75 (float32)."""
     rng = np.random.default_rng(seed)
     scale = (np.arange(1, dim + 1) ** -0.75).astype(np.float32)
     sketch = torch.empty(rows, dim)
@@ -53,6 +53,12 @@ def make_problem(rows: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Te
         count = min(CHUNK_ROWS, rows - start)
         block = rng.standard_normal((count, dim), dtype=np.float32) * scale
         sketch[start : start + count] = torch.from_numpy(block)
+    return sketch
+
+
+def make_problem(rows: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(P float32 (N, m), eigenvalues, seconds for spectrum + P), built in row chunks."""
+    sketch = make_sketch(rows, dim, seed)
     began = time.perf_counter()
     spec = spectrum(sketch)
     moments = torch.empty(rows, dim)

@@ -17,7 +17,11 @@ HEADINGS = {
     "gradients": ["## Throughput"],
     "baselines": ["## k-center greedy and herding", "## Time against N", "## Facility location"],
     "gradmatch": ["## Pursuit time and quality"],
-    "greedy": ["## Lazy against plain A-optimal greedy", "## End-to-end SkMM selection"],
+    "greedy": [
+        "## Targets",
+        "## Lazy against plain A-optimal greedy",
+        "## End-to-end SkMM selection",
+    ],
     "sparse": ["## Sparse against dense", "## Time against nnz"],
 }
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .progress import progress_bar
-from .rows import Layout, PoolRows, SpilledRows, TiledRows, row_products
+from .rows import TILE_ROWS, Layout, PoolRows, SpilledRows, TiledRows, row_products
 from .spectrum import Spectrum
 
 CRITERIA = ("logdet", "aopt")
@@ -314,10 +314,10 @@ def _lazy_greedy(
                 if stale.numel():
                     gains_now = torch.empty(stale.numel(), dtype=torch.float64, device=device)
                     for start in range(0, stale.numel(), piece_rows):  # O(piece·k) memory
-                        piece = stale[start : start + piece_rows]
-                        gains_now[start : start + piece.numel()] = gain(
-                            points.take(piece), inverse, n
-                        )
+                        piece = _whole_tiles(stale[start : start + piece_rows])
+                        count = min(piece_rows, stale.numel() - start)
+                        scored = gain(points.take(piece), inverse, n)
+                        gains_now[start : start + count] = scored[:count]
                     bounds[stale] = gains_now
                     fresh_at[stale] = step
                     refreshed = float(gains_now.max())
@@ -345,6 +345,13 @@ def _lazy_greedy(
             inverse = _add_to_inverse(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
+
+
+def _whole_tiles(positions: torch.Tensor) -> torch.Tensor:
+    """``positions`` followed by copies of its first to a whole number of 128-row tiles, so
+    that the gathered rows need no padding (a row's gain does not depend on the others)."""
+    short = -positions.numel() % TILE_ROWS
+    return torch.cat([positions, positions[:1].expand(short)]) if short else positions
 
 
 @dataclass
@@ -435,23 +442,22 @@ def _if_settled(
     best = others = [-math.inf, float(layout.n_rows)]
     values = view.bounds
     if values.numel():
-        best = others = _best_of(values, view, layout.start)
-        reaching = values >= threshold
-        if bool(reaching.any()):
-            place = int(torch.argmax(reaching.to(torch.uint8)))  # the first one
+        place = int(torch.argmax(values))  # the first largest: the first row reaching it
+        best = others = _best_of(values, place, view, layout.start)
+        if float(values[place]) >= threshold:
             local = view.position(place)
             candidate = float(layout.start + local)
             row = take(np.asarray([local]))[0].double().cpu().tolist()
             kept, values[place] = float(values[place]), -math.inf
-            others = _best_of(values, view, layout.start)
+            others = _best_of(values, int(torch.argmax(values)), view, layout.start)
             values[place] = kept
     return [candidate, *best, *others, *row]
 
 
-def _best_of(values: torch.Tensor, view: _WindowView, start: int) -> list[float]:
-    """[largest bound, its lowest position] over the window's ``values`` and the rows
-    outside it, as ``torch.argmax`` over all of the rank's bounds would give."""
-    place = int(torch.argmax(values))
+def _best_of(values: torch.Tensor, place: int, view: _WindowView, start: int) -> list[float]:
+    """[largest bound, its lowest position] over the window's ``values`` (the first largest at
+    ``place``) and the rows outside it, as ``torch.argmax`` over all of the rank's bounds
+    would give."""
     inside = (float(values[place]), view.position(place))
     outside = view.outside
     if outside[0] > inside[0] or (outside[0] == inside[0] and outside[1] < inside[1]):
