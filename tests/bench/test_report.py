@@ -51,6 +51,8 @@ def test_paired_differences_and_ceilings_by_hand():
     assert "Full pool (90 rows, the ceiling): 0.800 ± 0.000 over 2 seed(s)." in table
     assert "Full pool (90 rows, the linear probe on the same pool): 0.750" in table
     assert "| skmm | **+0.057 ± 0.023** | — |" in table
+    one_seed = [run for run in runs if run.seed == 0]
+    assert "| skmm | +0.100 (1 seed) | — |" in real_markdown(summarize_real(one_seed), one_seed)
 
 
 def test_the_training_line_names_penalties_and_learning_rates():

@@ -156,7 +156,10 @@ def _paired_table(
             if value is None:
                 cells.append("—")
                 continue
-            mean, error, _ = value
+            mean, error, seeds = value
+            if seeds < 2:  # no spread to judge it by
+                cells.append(f"{mean:+.3f} (1 seed)")
+                continue
             text = f"{mean:+.3f} ± {error:.3f}"
             cells.append(f"**{text}**" if abs(mean) >= 2 * error else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
