@@ -108,7 +108,8 @@ def test_quick_fashion_mnist_end_to_end(tmp_path):
     assert "tuned on the pool" in markdown.split("\n", 1)[0]
     with open(files[1]) as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 2 * len(QUICK["methods"]) * len(QUICK["budgets"])
+    # per protocol: each method and stratified uniform at each n, and the full pool once
+    assert len(rows) == 2 * ((len(QUICK["methods"]) + 1) * len(QUICK["budgets"]) + 1)
     assert {row["task"] for row in rows} == {"fashion-mnist"}
     cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
     assert [name.split("-")[0] for name in cached] == [
