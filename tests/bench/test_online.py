@@ -101,6 +101,7 @@ def test_stanford_cars_task_end_to_end_on_stand_ins(stand_ins, tmp_path):
     assert "finetune: accuracy" in report.markdown
     with open(report.files[1]) as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 4 and {row["task"] for row in rows} == {"stanford-cars"}
+    # 2 protocols × (2 methods and stratified uniform at n = 10, and the full pool)
+    assert len(rows) == 8 and {row["task"] for row in rows} == {"stanford-cars"}
     with pytest.raises(ValueError, match="apply to stanford-cars"):
         real_report(tmp_path / "other", "food-reviews", sources=stand_ins)
