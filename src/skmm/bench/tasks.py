@@ -34,6 +34,16 @@ TASKS = ("food-reviews", "fashion-mnist", "stanford-cars")
 SCHEDULE = {"epochs": 20, "patience": 4}
 """Finetuning length: ``epochs`` passes over the coreset, within the task's ``min_steps`` and
 ``max_steps``, stopped early after ``patience`` validations without a better accuracy."""
+IMAGE_FINETUNE = {
+    **SCHEDULE,
+    "min_steps": 300,
+    "max_steps": 1200,
+    "eval_every": 50,
+    "batch_size": 32,
+    "lr_body": 1e-4,
+    "lr_head": 3e-3,
+}
+"""The finetuning recipe of both image tasks."""
 FINETUNE = {
     "food-reviews": {
         **SCHEDULE,
@@ -44,24 +54,8 @@ FINETUNE = {
         "lr_body": 5e-5,
         "lr_head": 2e-3,
     },
-    "fashion-mnist": {
-        **SCHEDULE,
-        "min_steps": 300,
-        "max_steps": 1200,
-        "eval_every": 50,
-        "batch_size": 32,
-        "lr_body": 1e-4,
-        "lr_head": 3e-3,
-    },
-    "stanford-cars": {
-        **SCHEDULE,
-        "min_steps": 300,
-        "max_steps": 1200,
-        "eval_every": 50,
-        "batch_size": 32,
-        "lr_body": 1e-4,
-        "lr_head": 3e-3,
-    },
+    "fashion-mnist": {**IMAGE_FINETUNE},
+    "stanford-cars": {**IMAGE_FINETUNE},
 }
 VALIDATION = {"fraction": 0.125, "max_rows": 1000}
 """The pool's validation part: this fraction of its rows, at most ``max_rows``."""
