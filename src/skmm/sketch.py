@@ -157,11 +157,17 @@ def _integer_rows(
         return [scaled.round_()], _powers_of_two(exponent - bits)
     exponent = exponent.clamp_(min=bits - 1022)
     scaled = torch.mul(rows.to(torch.float64), _powers_of_two(bits - exponent))  # a new tensor
+    return _slices(scaled, bits, slices), _powers_of_two(exponent - bits)
+
+
+def _slices(scaled: torch.Tensor, bits: int, slices: int) -> list[torch.Tensor]:
+    """float64 values already scaled by 2^(bits − e) as ``slices`` rounded integer slices:
+    the first is round(x), each next one round of the remainder times 2^bits."""
     parts = [torch.round(scaled)]
     for _ in range(1, slices):
         scaled = (scaled - parts[-1]).mul_(2.0**bits)
         parts.append(torch.round(scaled))
-    return parts, _powers_of_two(exponent - bits)
+    return parts
 
 
 class SketchMap:
@@ -322,7 +328,7 @@ class SketchMap:
         pairs = _ChunkPairs(csr, self)
         needed = np.unique(pairs.chunk_ids // pairs.per_block).tolist()
         if self.kind == "gaussian":
-            for b, block in zip(needed, self._blocks_of(needed), strict=True):
+            for b, block in zip(needed, self._in_order(self.block, needed), strict=True):
                 for chunk in pairs.chunks_of_block(b):
                     self._add_gaussian_chunk(pairs, chunk, block, out)
         else:
@@ -331,17 +337,6 @@ class SketchMap:
                 for chunk in pairs.chunks_of_block(b):
                     self._add_sign_chunk(pairs, chunk, block, out)
         return out.mul_(self.scale)
-
-    def _blocks_of(self, needed: list[int]) -> Iterator[torch.Tensor]:
-        """The dense blocks ``needed`` in order, those not cached built by a pool of
-        ``torch.get_num_threads()`` threads a window at a time (as for :meth:`apply`)."""
-        threads = torch.get_num_threads()
-        if threads == 1 or all(b in self._cache for b in needed):
-            yield from map(self.block, needed)
-            return
-        with ThreadPoolExecutor(threads) as pool:
-            for first in range(0, len(needed), threads):
-                yield from pool.map(self.block, needed[first : first + threads])
 
     def _add_gaussian_chunk(
         self, pairs: _ChunkPairs, chunk: int, block: torch.Tensor, out: torch.Tensor
@@ -391,20 +386,20 @@ class SketchMap:
                 flat = out.view(-1)
                 flat[where] = flat[where].addcmul_(torch.from_numpy(product.data), scale[local, 0])
 
-    def _in_order(self, get: Callable[[int], torch.Tensor], sparse: bool) -> Iterator[torch.Tensor]:
-        """``get(b)`` for every block in order. Blocks not cached yet are built by a pool of
-        ``torch.get_num_threads()`` threads, one window of blocks at a time (each block has
-        its own generator, so they are the same blocks whichever thread builds them)."""
+    def _in_order(
+        self, get: Callable[[int], torch.Tensor], blocks: list[int], sparse: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """``get(b)`` for every block of ``blocks`` in order. Blocks not cached yet are built by
+        a pool of ``torch.get_num_threads()`` threads, one window of blocks at a time (each
+        block has its own generator, so they are the same blocks whichever thread builds
+        them)."""
         threads = torch.get_num_threads()
-        keys = [("sparse", b) if sparse else b for b in range(self.n_blocks)]
-        if threads == 1 or all(key in self._cache for key in keys):
-            for b in range(self.n_blocks):
-                yield get(b)
+        if threads == 1 or all((("sparse", b) if sparse else b) in self._cache for b in blocks):
+            yield from map(get, blocks)
             return
         with ThreadPoolExecutor(threads) as pool:
-            for first in range(0, self.n_blocks, threads):
-                window = range(first, min(first + threads, self.n_blocks))
-                yield from pool.map(get, window)
+            for first in range(0, len(blocks), threads):
+                yield from pool.map(get, blocks[first : first + threads])
 
     def block(self, block: int) -> torch.Tensor:
         """Rows ``[block * block_rows, ...)`` of Q = Γ/scale on the device (integer float64)."""
@@ -435,7 +430,8 @@ class SketchMap:
         tile_rows = min(row_tile, n_rows)
         buffer = torch.empty(tile_rows, self.chunk_cols, dtype=torch.float64, device=rows.device)
         products = torch.empty(tile_rows, self.sketch_dim, dtype=torch.float64, device=rows.device)
-        for b, block in enumerate(self._in_order(get, sparse=sparse)):
+        blocks = list(range(self.n_blocks))
+        for b, block in enumerate(self._in_order(get, blocks, sparse=sparse)):
             start = b * self.block_rows
             width = min(self.block_rows, self.n_cols - start)
             for first in range(0, n_rows, row_tile):
@@ -626,10 +622,7 @@ class _ChunkPairs:
         bits = sketch_map.bits
         exponent = torch.frexp(top).exponent.clamp_(min=bits - 1022)
         scaled = values * _powers_of_two(bits - exponent)[torch.from_numpy(self.group_of)]
-        self.parts = [torch.round(scaled)]
-        for _ in range(1, sketch_map.slices):
-            scaled = (scaled - self.parts[-1]).mul_(2.0**bits)
-            self.parts.append(torch.round(scaled))
+        self.parts = _slices(scaled, bits, sketch_map.slices)
         self.scale = _powers_of_two(exponent - bits)[:, None]
 
     def chunks_of_block(self, block: int) -> range:

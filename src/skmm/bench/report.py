@@ -94,12 +94,8 @@ def real_markdown(summaries: Sequence[RealSummary], runs: Sequence[RealRun] = ()
         most_seeds = max(s.seeds for s in rows) if rows else 0
         for metric in ("accuracy", "macro_f1"):
             best = {n: max(getattr(s, f"{metric}_mean") for s in rows if s.n == n) for n in budgets}
-            lines += [
-                f"**{protocol}: {metric.replace('_', '-')} on the test split (mean ± std)**",
-                "",
-                "| method | " + " | ".join(f"n={n}" for n in budgets) + " |",
-                "|---|" + "---|" * len(budgets),
-            ]
+            title = f"{protocol}: {metric.replace('_', '-')} on the test split (mean ± std)"
+            lines += _table_head(title, budgets)
             for method in methods:
                 cells = []
                 for n in budgets:
@@ -116,6 +112,16 @@ def real_markdown(summaries: Sequence[RealSummary], runs: Sequence[RealRun] = ()
             lines += ["", *_ceiling_lines(protocol, metric, ceilings)]
         lines += _paired_table(protocol, methods, budgets, paired)
     return "\n".join(lines)
+
+
+def _table_head(title: str, budgets: Sequence[int]) -> list[str]:
+    """A bold title, a blank line and the header of a method × n table."""
+    return [
+        f"**{title}**",
+        "",
+        "| method | " + " | ".join(f"n={n}" for n in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
 
 
 def _ceiling_lines(protocol: str, metric: str, ceilings: dict[str, RealSummary]) -> list[str]:
@@ -142,13 +148,11 @@ def _paired_table(
     shown = [m for m in methods if any((protocol, m, n) in paired for n in budgets)]
     if not shown:
         return []
-    lines = [
-        f"**{protocol}: accuracy − uniform's, paired over seeds (mean ± SE; bold where the "
-        "difference is at least 2 SE)**",
-        "",
-        "| method | " + " | ".join(f"n={n}" for n in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
-    ]
+    lines = _table_head(
+        f"{protocol}: accuracy − uniform's, paired over seeds (mean ± SE; bold where the "
+        "difference is at least 2 SE)",
+        budgets,
+    )
     for method in shown:
         cells = []
         for n in budgets:

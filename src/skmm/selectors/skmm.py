@@ -120,6 +120,10 @@ class SkMM(Selector):
             return OBJECTIVE_ALIASES.get(self.objective, self.objective)
         return self.objective
 
+    def _centered(self) -> bool:
+        """Whether the moments are taken about the mean (the matrix objectives' ``center``)."""
+        return self._objective() != "diagonal" and bool(self._option("center"))
+
     def _defaults(self) -> dict[str, Any]:
         """The chosen objective's options and their defaults."""
         return DIAGONAL_DEFAULTS if self._objective() == "diagonal" else MATRIX_DEFAULTS
@@ -228,8 +232,7 @@ class SkMM(Selector):
             rows = target.to_tensor()
         else:
             rows = sketch_features(target, self.sketch_dim, self.sketch, sketch["seed"], None)
-        centered = self._objective() != "diagonal" and bool(self._option("center"))
-        self._target_spectrum = spectrum(rows, center=centered)
+        self._target_spectrum = spectrum(rows, center=self._centered())
         return {
             "effective_rank": self._target_spectrum.effective_rank(),
             "intrinsic_dimension": self._target_spectrum.intrinsic_dimension(),
@@ -238,7 +241,7 @@ class SkMM(Selector):
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
         pool = data.n_rows
         began = time.perf_counter()
-        centered = self._objective() != "diagonal" and bool(self._option("center"))
+        centered = self._centered()
         spec = self._target_spectrum
         if spec is None:
             spec = spectrum(data, center=centered)
