@@ -12,6 +12,7 @@ travel as CPU tensors through gloo, which also makes them bit-identical across r
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,18 +51,26 @@ def shutdown(synchronize: bool) -> None:
     while another still uses them (gloo then aborts the slower rank's process)."""
     if not dist.is_available() or not dist.is_initialized():
         return
+    global _cpu_group
     if synchronize:
         dist.barrier(group=_group())
     dist.destroy_process_group()
+    _cpu_group = None
 
 
 def _init_from_env() -> None:
-    """``init_process_group`` from the env:// variables: gloo, plus NCCL for CUDA tensors."""
+    """``init_process_group`` from the env:// variables: gloo, plus NCCL for CUDA tensors.
+
+    The group is left again at interpreter exit if the caller has not left it: a gloo group
+    still alive during interpreter finalization can abort the process (SIGABRT, "terminate
+    called without an active exception") after all its work has ended.
+    """
     backend = "gloo"
     if torch.cuda.is_available():
         backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    atexit.register(shutdown, synchronize=False)
 
 
 def _group() -> Any:
