@@ -192,6 +192,34 @@ def _build_parser() -> argparse.ArgumentParser:
     real.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
     real.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    target = benches.add_parser(
+        "target",
+        help="select for a target task: a pool, a target set of other classes, its test split",
+    )
+    target.add_argument(
+        "--task", default="fashion-mnist-tops", help="targeted task (fashion-mnist-tops)"
+    )
+    target.add_argument(
+        "--out", default="bench-out/target", help="output folder: runs.csv journal (resumed)"
+    )
+    target.add_argument("--cache", default="bench-out/cache", help="encodings and tuning")
+    target.add_argument(
+        "--methods",
+        nargs="+",
+        help="uniform, less, knn, skmm-targeted (SkMM given the target), skmm (default: all)",
+    )
+    target.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
+    target.add_argument("--seeds", type=int, default=5, help="selection seeds")
+    target.add_argument(
+        "--image-size", type=int, default=96, help="pixels per side fed to the model"
+    )
+    target.add_argument(
+        "--limit-train", type=int, help="pool: the first rows of the training split"
+    )
+    target.add_argument("--limit-test", type=int, help="use only the first rows of the test split")
+    target.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
+    target.add_argument("--quiet", action="store_true", help="no progress bars")
+
     demo = commands.add_parser("demo", help="run the end-to-end demo")
     demo.add_argument(
         "--synthetic", action="store_true", help="the synthetic regression demo instead"
@@ -390,6 +418,8 @@ def _methods_command() -> int:
 def _bench_command(args: argparse.Namespace) -> int:
     if args.benchmark == "real":
         return _real_command(args)
+    if args.benchmark == "target":
+        return _target_command(args)
     from .bench.synthetic import synthetic_report
 
     pool = {
@@ -411,6 +441,29 @@ def _bench_command(args: argparse.Namespace) -> int:
         pool_options=pool,
         labels=args.methods,
         progress=False if args.quiet else None,
+    )
+    print(report.markdown)
+    print("written: " + ", ".join(str(path) for path in report.files))
+    return 0
+
+
+def _target_command(args: argparse.Namespace) -> int:
+    from .bench.target import target_report
+
+    given = {
+        name: value
+        for name in ("methods", "budgets", "limit_train", "limit_test")
+        if (value := getattr(args, name))
+    }
+    report = target_report(
+        args.out,
+        args.task,
+        quick=args.quick,
+        cache_dir=args.cache,
+        seeds=args.seeds,
+        image_size=args.image_size,
+        progress=False if args.quiet else None,
+        **given,
     )
     print(report.markdown)
     print("written: " + ", ".join(str(path) for path in report.files))

@@ -13,12 +13,13 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write, file_lock, read_json, write_json
+from ..progress import progress_bar
 
 CLAIM_POLL_SECONDS = 5.0  # how often a process waiting for others' runs looks again
 
@@ -175,6 +176,47 @@ class Journal:
         if claims.get(_run_key(key)) == self.owner:
             del claims[_run_key(key)]
             write_json(self.claims_path, claims)
+
+
+def run_grid(
+    grid: Sequence[tuple],
+    journal: Journal | None,
+    run: Callable[[tuple], RealRun],
+    progress: bool | None = None,
+) -> list[RealRun]:
+    """``run(key)`` for every key of ``grid`` (protocol, n, method, seed) not in ``journal``
+    yet, each recorded as it ends; the runs in grid order.
+
+    Several processes may share one journal: each runs the keys no other holds, then waits
+    for the others' runs. A run that fails or is interrupted is released for another process.
+    """
+    done: dict[tuple, RealRun] = {}
+    shown = 0  # runs of the grid the bar shows done
+    with progress_bar(len(grid), "runs", progress, unit="run") as bar:
+        while True:
+            if journal is None:
+                key, held = next((k for k in grid if k not in done), None), 0
+            else:
+                key, done, held = journal.claim(grid)
+            finished = sum(k in done for k in grid)
+            bar.update(finished - shown)
+            shown = finished
+            if key is None:
+                if not held:
+                    break
+                journal.wait()
+                continue
+            try:
+                result = run(key)
+            except BaseException:
+                if journal is not None:
+                    journal.release(key)
+                raise
+            if journal is None:
+                done[key] = result
+            else:
+                done = journal.record(key, result)
+    return [done[key] for key in grid]
 
 
 def read_runs_csv(path: Path) -> list[RealRun]:

@@ -29,8 +29,7 @@ from ..api import get_method, select
 from ..api import methods as method_names
 from ..gradients import sketch_gradients
 from ..io import atomic_write, file_lock, read_json
-from ..progress import progress_bar
-from .journal import Journal, RealRun, read_runs_csv, write_runs_csv
+from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .report import Report, plot_real, real_markdown, summarize_real, training_line
 from .tasks import TASKS, PreparedTask, hold_out_validation, prepare_task
 from .training import (
@@ -142,45 +141,21 @@ def run_real(
             hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
         settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)
     shared = None if journal is None else Journal(Path(journal), settings)
-    done: dict[tuple, RealRun] = {}
     cells = [(n, m) for n in budgets for m in methods]
     if references:
         cells += [(n, "uniform-stratified") for n in budgets] + [(pool, "full-pool")]
     grid = [(p, n, m, s) for p in protocols for n, m in cells for s in range(seeds)]
-    shown = 0  # runs of the grid the bar shows done
-    with progress_bar(len(grid), "runs", progress, unit="run") as bar:
-        for protocol in protocols:
-            keys = [key for key in grid if key[0] == protocol]
-            features = None
-            while True:
-                if shared is None:
-                    key, held = next((k for k in keys if k not in done), None), 0
-                else:
-                    key, done, held = shared.claim(keys)
-                finished = sum(k in done for k in grid)
-                bar.update(finished - shown)
-                shown = finished
-                if key is None:
-                    if not held:
-                        break
-                    shared.wait()
-                    continue
-                _, n, method, seed = key
-                try:
-                    if features is None:
-                        features = _selection_features(protocol, task, cache, progress)
-                    run = _one_run(
-                        (protocol, method, n, seed), features, task, hyper, penalties, stratify
-                    )
-                except BaseException:
-                    if shared is not None:
-                        shared.release(key)
-                    raise
-                if shared is None:
-                    done[key] = run
-                else:
-                    done = shared.record(key, run)
-    return [done[key] for key in grid]
+    features: dict[str, np.ndarray] = {}  # per protocol, computed on its first run here
+
+    def run(key: tuple) -> RealRun:
+        protocol, n, method, seed = key
+        if protocol not in features:
+            features[protocol] = _selection_features(protocol, task, cache, progress)
+        return _one_run(
+            (protocol, method, n, seed), features[protocol], task, hyper, penalties, stratify
+        )
+
+    return run_grid(grid, shared, run, progress)
 
 
 def _selection_features(

@@ -80,14 +80,25 @@ def paired_differences(
     return out
 
 
-def real_markdown(summaries: Sequence[RealSummary], runs: Sequence[RealRun] = ()) -> str:
+CEILINGS = {"full-pool": "Full pool"}
+"""Reference runs shown as a line under the tables (one n each), with the line's label."""
+
+
+def real_markdown(
+    summaries: Sequence[RealSummary],
+    runs: Sequence[RealRun] = (),
+    *,
+    ceilings: dict[str, str] = CEILINGS,
+    baselines: Sequence[str] = ("uniform",),
+) -> str:
     """Per protocol: accuracy and macro-F1 tables (mean ± std; best mean in bold), the
-    full-pool ceiling, and, from ``runs``, each method's paired difference to uniform."""
+    ``ceilings`` lines, and, from ``runs``, each method's paired difference to each of
+    ``baselines``."""
     lines: list[str] = []
-    ceilings = {s.protocol: s for s in summaries if s.method == "full-pool"}
-    paired = paired_differences(runs)
+    references = {(s.protocol, s.method): s for s in summaries if s.method in ceilings}
+    paired = {baseline: paired_differences(runs, baseline) for baseline in baselines}
     for protocol in dict.fromkeys(s.protocol for s in summaries):
-        rows = [s for s in summaries if s.protocol == protocol and s.method != "full-pool"]
+        rows = [s for s in summaries if s.protocol == protocol and s.method not in ceilings]
         budgets = sorted({s.n for s in rows})
         methods = list(dict.fromkeys(s.method for s in rows))
         cell = {(s.method, s.n): s for s in rows}
@@ -109,8 +120,9 @@ def real_markdown(summaries: Sequence[RealSummary], runs: Sequence[RealRun] = ()
                         text += f" ({summary.seeds} seeds)"
                     cells.append(f"**{text}**" if mean == best[n] else text)
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
-            lines += ["", *_ceiling_lines(protocol, metric, ceilings)]
-        lines += _paired_table(protocol, methods, budgets, paired)
+            lines += ["", *_ceiling_lines(protocol, metric, references, ceilings)]
+        for baseline, differences in paired.items():
+            lines += _paired_table(protocol, methods, budgets, differences, baseline)
     return "\n".join(lines)
 
 
@@ -124,17 +136,27 @@ def _table_head(title: str, budgets: Sequence[int]) -> list[str]:
     ]
 
 
-def _ceiling_lines(protocol: str, metric: str, ceilings: dict[str, RealSummary]) -> list[str]:
-    """The full pool's score under ``protocol`` and, for finetuning, under the linear probe."""
+def _ceiling_lines(
+    protocol: str,
+    metric: str,
+    references: dict[tuple[str, str], RealSummary],
+    ceilings: dict[str, str],
+) -> list[str]:
+    """Each ceiling's score under ``protocol`` and, for finetuning, the full pool's under the
+    linear probe."""
     lines = []
-    for source in dict.fromkeys((protocol, "linear")):
-        ceiling = ceilings.get(source)
-        if ceiling is None:
+    shown = [(protocol, method) for method in ceilings]
+    if protocol != "linear":
+        shown.append(("linear", "full-pool"))
+    for source, method in shown:
+        reference = references.get((source, method))
+        if reference is None:
             continue
         what = "the ceiling" if source == protocol else "the linear probe on the same pool"
         lines.append(
-            f"Full pool ({ceiling.n:,} rows, {what}): {getattr(ceiling, f'{metric}_mean'):.3f}"
-            f" ± {getattr(ceiling, f'{metric}_std'):.3f} over {ceiling.seeds} seed(s)."
+            f"{ceilings.get(method, 'Full pool')} ({reference.n:,} rows, {what}): "
+            f"{getattr(reference, f'{metric}_mean'):.3f} ± "
+            f"{getattr(reference, f'{metric}_std'):.3f} over {reference.seeds} seed(s)."
         )
     return [*lines, ""] if lines else []
 
@@ -144,12 +166,13 @@ def _paired_table(
     methods: Sequence[str],
     budgets: Sequence[int],
     paired: dict[tuple[str, str, int], tuple[float, float, int]],
+    baseline: str = "uniform",
 ) -> list[str]:
     shown = [m for m in methods if any((protocol, m, n) in paired for n in budgets)]
     if not shown:
         return []
     lines = _table_head(
-        f"{protocol}: accuracy − uniform's, paired over seeds (mean ± SE; bold where the "
+        f"{protocol}: accuracy − {baseline}'s, paired over seeds (mean ± SE; bold where the "
         "difference is at least 2 SE)",
         budgets,
     )
@@ -170,8 +193,14 @@ def _paired_table(
     return [*lines, ""]
 
 
-def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
-    """Accuracy against n (log scale) per protocol, ±1 std shaded; PNG written atomically."""
+def plot_real(
+    summaries: Sequence[RealSummary],
+    path: Path,
+    title: str,
+    ceilings: dict[str, str] = CEILINGS,
+) -> None:
+    """Accuracy against n (log scale) per protocol, ±1 std shaded, ``ceilings`` as horizontal
+    lines; PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,9 +217,14 @@ def plot_real(summaries: Sequence[RealSummary], path: Path, title: str) -> None:
         1, len(protocols), figsize=(6 * len(protocols) + 2.5, 4.5), squeeze=False
     )
     for axis, protocol in zip(axes[0], protocols, strict=True):
-        rows = [s for s in summaries if s.protocol == protocol and s.method != "full-pool"]
-        for ceiling in (s for s in summaries if s.protocol == protocol and s.method == "full-pool"):
-            axis.axhline(ceiling.accuracy_mean, color="grey", linestyle="--", label="full pool")
+        rows = [s for s in summaries if s.protocol == protocol and s.method not in ceilings]
+        for ceiling in (s for s in summaries if s.protocol == protocol and s.method in ceilings):
+            axis.axhline(
+                ceiling.accuracy_mean,
+                color=colors[ceiling.method],
+                linestyle="--",
+                label=ceilings[ceiling.method].lower(),
+            )
         for method in dict.fromkeys(s.method for s in rows):
             points = sorted(
                 (s.n, s.accuracy_mean, s.accuracy_std) for s in rows if s.method == method

@@ -1,0 +1,255 @@
+"""The targeted benchmark, offline: select from a pool for a target task that differs from it.
+
+A user with a target task holds a few hundred of its examples and a large mixed pool. Here:
+
+- ``fashion-mnist-tops``: the pool is the Fashion-MNIST pool of the real benchmark
+  (:mod:`skmm.bench.tasks`, its validation part set aside); the target set is that validation
+  part's rows of the four upper-body classes (T-shirt/top, Pullover, Coat, Shirt), the four
+  classes the network confuses most; the test split is the official test images of those
+  classes. A 10-class linear probe trained on a coreset of the pool is scored on the target's
+  test rows (accuracy, and macro-F1 over the target's classes).
+
+The selectors see embeddings and no labels: the pool's and the target set's (``skmm`` with
+``target=``, the LESS-style ``less``, ``knn``), or the pool's alone (``uniform`` and SkMM's
+untargeted default). The
+probe's L2 penalty is tuned per n on uniform coresets of the pool, scored by the
+cross-entropy on the target set (never on the test split), and is the same for every method.
+Three references (:data:`REFERENCES`) frame the table: uniform coresets of the pool's rows of
+the target's classes (a label oracle no selector has), the target set alone, the whole pool.
+Runs go to the resumable journal of :mod:`skmm.bench.journal`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api import get_method, select
+from ..io import atomic_write, read_json
+from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
+from .report import Report, plot_real, real_markdown, summarize_real
+from .tasks import Encoded, PreparedTask, hold_out_validation, prepare_task
+from .training import PENALTY_GRID, scores, train_linear, tune_linear
+
+TARGET_TASKS = {"fashion-mnist-tops": {"task": "fashion-mnist", "classes": (0, 2, 4, 6)}}
+"""Each targeted task: the real task it is cut from and the target's classes."""
+METHODS = ("uniform", "less", "knn", "skmm-targeted", "skmm")
+"""``skmm-targeted`` is SkMM given the target set; ``skmm`` its untargeted default."""
+TARGETED = {"skmm-targeted": "skmm", "less": "less", "knn": "knn"}
+"""Grid names of the methods that receive the target set, and the method each runs."""
+REFERENCES = ("pool-target-classes", "target-only", "full-pool")
+CEILINGS = {"target-only": "Target set only", "full-pool": "Full pool"}
+DEFAULT_BUDGETS = (50, 100, 200, 500, 1000)
+QUICK = {"budgets": (20,), "image_size": 32, "limit_train": 400, "limit_test": 200}
+
+
+@dataclass
+class TargetTask:
+    """A pool, a target set the selectors see, and the target's test split."""
+
+    name: str
+    pool: Encoded
+    target: Encoded
+    test: Encoded
+    n_classes: int
+    classes: tuple[int, ...]
+    settings: dict[str, Any]
+
+
+def cut_target(task: PreparedTask, name: str, classes: Sequence[int]) -> TargetTask:
+    """``task`` (its validation part held out) as a targeted task: the validation rows of
+    ``classes`` are the target set, the test rows of ``classes`` the test split."""
+    if task.validation is None:
+        raise ValueError("the task needs a held-out validation part (hold_out_validation)")
+    classes = tuple(int(c) for c in classes)
+    target_rows = np.flatnonzero(np.isin(task.validation.labels, classes))
+    test_rows = np.flatnonzero(np.isin(task.test.labels, classes))
+    missing = sorted(set(classes) - set(task.validation.labels[target_rows].tolist()))
+    if missing or not len(test_rows):
+        raise ValueError(
+            f"target classes {list(classes)}: the validation part has no rows of {missing} "
+            f"or the test split none of them ({len(test_rows)} test rows); use a larger pool"
+        )
+    settings = {
+        **task.settings,
+        "target_classes": list(classes),
+        "target_rows": len(target_rows),
+        "test_rows": len(test_rows),
+    }
+    return TargetTask(
+        name,
+        task.train,
+        task.validation.subset(target_rows),
+        task.test.subset(test_rows),
+        task.n_classes,
+        classes,
+        settings,
+    )
+
+
+def target_scores(predicted: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> dict:
+    """Accuracy, and macro-F1 over the target's ``classes`` (a prediction outside them is
+    wrong for its row and counts against no class's precision)."""
+    code = {c: i for i, c in enumerate(classes)}
+    predicted_codes = np.array([code.get(int(p), -1) for p in predicted])
+    truth_codes = np.array([code[int(t)] for t in truth])
+    return scores(predicted_codes, truth_codes, len(classes))
+
+
+def run_target(
+    task_name: str = "fashion-mnist-tops",
+    *,
+    methods: Sequence[str] = METHODS,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    seeds: int = 5,
+    cache_dir: str | os.PathLike[str] = "bench-out/cache",
+    image_size: int = 96,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    references: bool = True,
+    journal: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> list[RealRun]:
+    """Every method × n × seed of one targeted task, and the references (linear probe)."""
+    if task_name not in TARGET_TASKS:
+        raise ValueError(f"unknown targeted task {task_name!r}; choose: {', '.join(TARGET_TASKS)}")
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+        get_method(TARGETED.get(method, method))
+    spec = TARGET_TASKS[task_name]
+    cache = Path(cache_dir)
+    base = prepare_task(
+        spec["task"],
+        cache,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        image_size=image_size,
+        progress=progress,
+    )
+    task = cut_target(hold_out_validation(base), task_name, spec["classes"])
+    return run_target_task(
+        task,
+        methods,
+        budgets,
+        seeds,
+        cache,
+        references=references,
+        journal=journal,
+        progress=progress,
+    )
+
+
+def run_target_task(
+    task: TargetTask,
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    seeds: int,
+    cache: Path,
+    *,
+    references: bool = True,
+    journal: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> list[RealRun]:
+    """The grid of :func:`run_target` on a task already cut (:func:`cut_target`)."""
+    pool, size = len(task.pool.labels), len(task.target.labels)
+    too_big = [n for n in budgets if n >= pool]
+    if too_big:
+        raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
+    tuning = PreparedTask(
+        task.name, task.pool, task.test, None, task.n_classes, {}, task.settings, task.target
+    )
+    penalties = tune_linear(tuning, sorted({*budgets, size, pool}), cache)
+    settings = {"task": task.name, **task.settings, "penalty_grid": list(PENALTY_GRID)}
+    settings["penalties"] = penalties
+    shared = None if journal is None else Journal(Path(journal), settings)
+    cells = [(n, m) for n in budgets for m in methods]
+    if references:
+        cells += [(n, "pool-target-classes") for n in budgets]
+        cells += [(size, "target-only"), (pool, "full-pool")]
+    grid = [("linear", n, m, s) for n, m in cells for s in range(seeds)]
+    return run_grid(grid, shared, lambda key: _one_run(key, task, penalties), progress)
+
+
+def _one_run(key: tuple[str, int, str, int], task: TargetTask, penalties: dict) -> RealRun:
+    protocol, n, method, seed = key
+    began = time.perf_counter()
+    if method == "target-only":
+        embedding, labels = task.target.embedding, task.target.labels
+    else:
+        rows = _coreset(task, n, method, seed)
+        embedding, labels = task.pool.embedding[rows], task.pool.labels[rows]
+    select_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    probe = train_linear(embedding, labels, task.n_classes, penalties[str(n)])
+    predicted = probe.logits(task.test.embedding).argmax(1).numpy()
+    metrics = target_scores(predicted, task.test.labels, task.classes)
+    return RealRun(
+        task.name,
+        protocol,
+        method,
+        n,
+        seed,
+        **metrics,
+        select_seconds=select_seconds,
+        train_seconds=time.perf_counter() - began,
+    )
+
+
+def _coreset(task: TargetTask, n: int, method: str, seed: int) -> np.ndarray:
+    """The pool rows trained on: a method's selection, or a reference's."""
+    labels = task.pool.labels
+    if method == "full-pool":
+        return np.arange(len(labels))
+    if method == "pool-target-classes":
+        inside = np.flatnonzero(np.isin(labels, task.classes))
+        picked = select(task.pool.embedding[inside], n, "uniform", random_state=seed)
+        return inside[picked.indices]
+    target = task.target.embedding if method in TARGETED else None
+    method = TARGETED.get(method, method)
+    return select(task.pool.embedding, n, method, target=target, random_state=seed).indices
+
+
+def target_report(
+    out_dir: str | os.PathLike[str],
+    task_name: str = "fashion-mnist-tops",
+    *,
+    quick: bool = False,
+    **options: Any,
+) -> Report:
+    """Run :func:`run_target` into the journal ``out_dir``/runs.csv, then write table.md and
+    accuracy.png of every run it holds. ``quick``: a smoke test (:data:`QUICK`, one seed)."""
+    if quick:
+        options = {**options, **QUICK, "seeds": 1}
+    out = Path(out_dir)
+    began = time.perf_counter()
+    journal = out / "runs.csv"
+    runs = run_target(task_name, journal=journal, **options)
+    if not journal.exists():
+        write_runs_csv(runs, journal)
+    runs = read_runs_csv(journal)
+    summaries = summarize_real(runs)
+    settings = read_json(out / "runs.settings.json")
+    counts = sorted({summary.seeds for summary in summaries})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    penalties = ", ".join(f"n = {n}: {value:g}" for n, value in settings["penalties"].items())
+    header = (
+        f"Targeted benchmark {task_name}: target classes {settings['target_classes']}; "
+        f"{settings['target_rows']:,} target rows (the pool's held-out rows of those classes) "
+        f"seen by the targeted selectors; scored on the {settings['test_rows']:,} test rows "
+        f"of those classes; linear probe; {seeds} seed(s); "
+        f"{time.perf_counter() - began:.0f} s. L2 penalty tuned on uniform coresets of the "
+        f"pool by the cross-entropy on the target rows: {penalties}.\n\n"
+    )
+    baselines = [b for b in ("uniform", "less") if any(r.method == b for r in runs)]
+    markdown = header + real_markdown(summaries, runs, ceilings=CEILINGS, baselines=baselines)
+    with atomic_write(out / "table.md", "w") as stream:
+        stream.write(markdown)
+    plot_real(summaries, out / "accuracy.png", task_name, ceilings=CEILINGS)
+    return Report(markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"])

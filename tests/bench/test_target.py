@@ -1,0 +1,124 @@
+import csv
+import os
+
+import numpy as np
+import pytest
+
+import skmm
+import skmm.cli
+from skmm.bench.target import (
+    cut_target,
+    run_target,
+    run_target_task,
+    target_scores,
+)
+from skmm.bench.tasks import Encoded, PreparedTask
+
+from .test_images import fashion_available
+
+
+def encoded(labels, rng, centers):
+    labels = np.asarray(labels, dtype=np.int64)
+    embedding = centers[labels] + 0.3 * rng.standard_normal((len(labels), centers.shape[1]))
+    return Encoded({}, embedding.astype(np.float32), labels)
+
+
+def clustered_task(classes=(0, 1), n_pool=600, n_classes=6, seed=0):
+    """Well-separated clusters, one per class; the target is a few of the classes."""
+    rng = np.random.default_rng(seed)
+    centers = 4.0 * rng.standard_normal((n_classes, 12))
+    pool = encoded(rng.integers(0, n_classes, n_pool), rng, centers)
+    validation = encoded(np.repeat(np.arange(n_classes), 10), rng, centers)
+    test = encoded(np.repeat(np.arange(n_classes), 20), rng, centers)
+    prepared = PreparedTask("toy", pool, test, None, n_classes, {}, {}, validation)
+    return cut_target(prepared, "toy-target", classes)
+
+
+def test_the_target_is_the_held_out_rows_and_the_test_rows_of_its_classes():
+    task = clustered_task(classes=(4, 1))
+    assert task.classes == (4, 1)
+    assert set(task.target.labels) == {1, 4} and len(task.target.labels) == 20
+    assert set(task.test.labels) == {1, 4} and len(task.test.labels) == 40
+    assert len(task.pool.labels) == 600  # the pool is untouched
+    assert task.settings == {"target_classes": [4, 1], "target_rows": 20, "test_rows": 40}
+
+
+def test_a_target_class_absent_from_the_held_out_rows_is_refused():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((3, 4))
+    validation = encoded([0, 0, 1], rng, centers)
+    prepared = PreparedTask("toy", validation, validation, None, 3, {}, {}, validation)
+    with pytest.raises(ValueError, match=r"no rows of \[2\]"):
+        cut_target(prepared, "t", (1, 2))
+    with pytest.raises(ValueError, match="held-out validation part"):
+        cut_target(PreparedTask("toy", validation, validation, None, 3, {}), "t", (1,))
+
+
+def test_target_scores_count_predictions_outside_the_target_as_wrong():
+    truth = np.array([3, 3, 5, 5])
+    predicted = np.array([3, 0, 5, 3])  # 0 is not a target class
+    result = target_scores(predicted, truth, (3, 5))
+    assert result["accuracy"] == 0.5
+    # class 3: tp 1, fp 1, fn 1 -> 0.5; class 5: tp 1, fp 0, fn 1 -> 2/3
+    assert result["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_the_grid_holds_every_method_and_the_references_and_resumes(tmp_path):
+    task = clustered_task()
+    methods = ("uniform", "skmm-targeted", "skmm")
+    options = {"references": True, "journal": tmp_path / "runs.csv", "progress": False}
+    runs = run_target_task(task, methods, (12, 24), 2, tmp_path / "cache", **options)
+    cells = {(r.method, r.n) for r in runs}
+    for n in (12, 24):
+        assert {(m, n) for m in (*methods, "pool-target-classes")} <= cells
+    assert ("target-only", 20) in cells and ("full-pool", 600) in cells
+    assert len(runs) == 2 * (4 * 2 + 2)
+    assert all(0.0 <= r.accuracy <= 1.0 for r in runs)
+    # the label oracle trains on the target's classes only: on these clusters it is exact
+    assert all(r.accuracy == 1.0 for r in runs if r.method == "pool-target-classes")
+    with open(tmp_path / "runs.csv") as stream:
+        assert len(list(csv.DictReader(stream))) == len(runs)
+    again = run_target_task(task, methods, (12, 24), 2, tmp_path / "cache", **options)
+    assert [(r.method, r.n, r.seed, r.accuracy) for r in again] == [
+        (r.method, r.n, r.seed, r.accuracy) for r in runs
+    ]
+
+
+def test_targeted_skmm_takes_more_of_the_target_classes_than_the_pool_holds():
+    """The pool is a third target classes; SkMM given the target set picks mostly them."""
+    task = clustered_task(classes=(0, 1))
+    inside = np.isin(task.pool.labels, task.classes)
+    for seed in range(3):
+        rows = skmm.select(
+            task.pool.embedding, 24, target=task.target.embedding, random_state=seed
+        ).indices
+        assert inside[rows].mean() >= 2 * inside.mean()
+
+
+def test_bad_requests_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown targeted task"):
+        run_target("nope", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown method 'kcenter'"):
+        run_target(methods=("kcenter",), cache_dir=tmp_path)
+    task = clustered_task()
+    with pytest.raises(ValueError, match="below the pool size 600"):
+        run_target_task(task, ("uniform",), (600,), 1, tmp_path)
+
+
+@pytest.mark.skipif(
+    not fashion_available() and not os.environ.get("SKMM_REQUIRE_BENCH_DATA"),
+    reason="Fashion-MNIST (apt-get install dataset-fashion-mnist) or EfficientNet-Lite0 missing",
+)
+def test_quick_targeted_fashion_mnist_from_the_cli(tmp_path, capsys):
+    args = ["bench", "target", "--quick", "--quiet", "--out", str(tmp_path / "out")]
+    args += ["--cache", str(tmp_path / "cache"), "--methods", "uniform", "skmm-targeted"]
+    assert skmm.cli.main(args) == 0
+    printed = capsys.readouterr().out
+    head = printed.split("\n", 1)[0]
+    assert "Targeted benchmark fashion-mnist-tops: target classes [0, 2, 4, 6]" in head
+    assert "cross-entropy on the target rows" in head
+    assert "| skmm-targeted |" in printed and "| pool-target-classes |" in printed
+    assert "Target set only (" in printed and "Full pool (" in printed
+    assert "linear: accuracy − uniform's, paired over seeds" in printed
+    for name in ("table.md", "runs.csv", "accuracy.png"):
+        assert (tmp_path / "out" / name).exists()
