@@ -127,13 +127,20 @@ def pool_chunks(rows: PoolRows, step: int) -> Iterator[tuple[int, torch.Tensor]]
         yield start, rows.read(start, min(start + step, rows.n_rows)).to(torch.float64)
 
 
-def chunk_bytes(n_cols: int, block_columns: int) -> int:
-    """Bytes of one chunk's float64 copies (read, square or shifted, padded to tiles, unit)
-    and of its products with one target block (padded, and moved to numpy for kNN)."""
-    step = chunk_rows(n_cols, block_columns)
+def chunk_bytes(n_pool: int, n_cols: int, block_columns: int) -> int:
+    """Bytes of one chunk's float64 copies (read, |x|, scaled or shifted, squared, padded to
+    tiles twice, unit) and of its products with one target block (the padded product, its
+    slice and arithmetic, and the copy moved to numpy for kNN)."""
+    step = min(n_pool, chunk_rows(n_cols, block_columns))
     tiled = -(-step // 128) * 128
     width = -(-block_columns // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
-    return 8 * (4 * tiled * n_cols + 3 * tiled * width)
+    return 8 * (7 * tiled * n_cols + 4 * tiled * width)
+
+
+def target_bytes(n_target: int, n_cols: int) -> int:
+    """Bytes of the target's float64 copies: as read, scaled or shifted, squared and padded
+    for its norms, unit rows, and the padded column blocks."""
+    return 5 * 8 * n_target * n_cols
 
 
 class TargetedBaseline(Selector):
@@ -187,9 +194,9 @@ class LESS(TargetedBaseline):
     def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
         n_target = 0 if self._target is None else self._target.n_rows
         columns = 1 if self.aggregate == "mean" else min(n_target, TARGET_BLOCK_COLUMNS)
-        # the target in float64, unit rows and padded blocks; a score per pool row, sorted
-        target = 3 * 8 * n_target * n_cols
-        return target + chunk_bytes(n_cols, columns) + 3 * 8 * n_pool
+        # the target; one chunk; a score per pool row, its negation and sort order
+        chunk = chunk_bytes(n_pool, n_cols, columns)
+        return target_bytes(n_target, n_cols) + chunk + 3 * 8 * n_pool
 
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
@@ -245,13 +252,15 @@ class TargetNeighbors(TargetedBaseline):
         n_target = 0 if self._target is None else self._target.n_rows
         columns = min(n_target, TARGET_BLOCK_COLUMNS)
         per_target = min(n_pool, -(-n // max(1, n_target)) + KNN_SPARE)
-        step = chunk_rows(n_cols, columns)
-        # the target (float64, shifted, padded blocks); candidate lists (distance and row);
-        # one block's merge of candidates and chunk distances (values, rows, sort order)
-        target = 3 * 8 * n_target * n_cols
-        candidates = 2 * 8 * n_target * per_target
+        step = min(n_pool, chunk_rows(n_cols, columns))
+        # the target; candidate lists (distance and row) as kept and as refilled; one
+        # block's merge of candidates and chunk distances (values, rows, sort order); one
+        # chunk; the picked flags. Refills double the lists of the target rows that ran short
+        # (at most to the rows left), so a pool whose rows all tie can take more.
+        candidates = 2 * 2 * 8 * n_target * per_target
         merge = 3 * 8 * columns * (per_target + step)
-        return target + candidates + merge + chunk_bytes(n_cols, columns) + 8 * n_pool
+        chunk = chunk_bytes(n_pool, n_cols, columns)
+        return target_bytes(n_target, n_cols) + candidates + merge + chunk + n_pool
 
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
@@ -297,8 +306,9 @@ class TargetNeighbors(TargetedBaseline):
                     )
                     low[t] = True
                     unpicked = int(rows.n_rows - picked.sum())
-                    lengths = np.where(low, np.minimum(unpicked, 2 * lengths), 0)
-                    fresh, fresh_distances = nearest_rows(rows, target, lengths, picked)
+                    lengths[low] = np.minimum(unpicked, 2 * lengths[low])
+                    asked = np.where(low, lengths, 0)
+                    fresh, fresh_distances = nearest_rows(rows, target, asked, picked)
                     for s in np.flatnonzero(low).tolist():
                         candidates[s], distances[s], cursor[s] = fresh[s], fresh_distances[s], 0
                 row = int(candidates[t][cursor[t]])
