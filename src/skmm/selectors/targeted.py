@@ -239,11 +239,12 @@ def less_scores(rows: PoolRows, target: TargetBlocks) -> np.ndarray:
 
 @register
 class TargetNeighbors(TargetedBaseline):
-    """Nearest neighbours of the target: target rows take turns (seeded random order), each
-    taking its nearest not-yet-picked pool row, ‖x_i − y_t‖ smallest, ties to the lower index.
+    """Nearest neighbours of the target: its rows take turns taking their nearest pool row.
 
-    Every target row gets ⌊n/T⌋ or ⌈n/T⌉ rows. Indices come in pick order. For embeddings
-    of the same model as the target's; no options beyond the common ones.
+    Target rows take turns in a seeded random order, each taking its nearest not-yet-picked
+    pool row (‖x_i − y_t‖ smallest, ties to the lower index). Every target row gets ⌊n/T⌋
+    or ⌈n/T⌉ rows. Indices come in pick order. For embeddings of the same model as the
+    target's; no options beyond the common ones.
     """
 
     name = "knn"
