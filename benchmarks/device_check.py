@@ -52,14 +52,16 @@ def agreement(quick: bool, device: str) -> list[dict[str, object]]:
     gpu_features = torch.from_numpy(features).to(device)
     out = []
     for method in skmm.methods():
-        needs = skmm.get_method(method).requires_labels
-        options = {"labels": labels} if needs else {}
+        cls = skmm.get_method(method)
+        options = {"labels": labels} if cls.requires_labels else {}
+        cpu_target = features[::10] if cls.requires_target else None
+        gpu_target = gpu_features[::10] if cls.requires_target else None
         began = time.perf_counter()
-        cpu = skmm.select(features, n, method, random_state=0, **options)
+        cpu = skmm.select(features, n, method, target=cpu_target, random_state=0, **options)
         cpu_seconds = time.perf_counter() - began
         synchronize()
         began = time.perf_counter()
-        gpu = skmm.select(gpu_features, n, method, random_state=0, **options)
+        gpu = skmm.select(gpu_features, n, method, target=gpu_target, random_state=0, **options)
         synchronize()
         gpu_seconds = time.perf_counter() - began
         overlap = len(np.intersect1d(cpu.indices, gpu.indices)) / n

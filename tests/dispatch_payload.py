@@ -33,6 +33,12 @@ SELECTIONS = [
     ("leverage", {}),
     ("ridge_leverage", {}),
 ]
+TARGETED = [  # selected for a target: every ninth row of the pool, shifted
+    ("skmm", {}),
+    ("less", {}),
+    ("less", {"aggregate": "mean"}),
+    ("knn", {}),
+]
 
 
 def digest(array: np.ndarray) -> str:
@@ -63,7 +69,8 @@ def sketches(rows: np.ndarray) -> dict[str, list[str]]:
 
 
 def selections(rows: np.ndarray, labels: np.ndarray) -> dict[str, str]:
-    """Digests of the indices each method selects, without and with per-class budgets."""
+    """Digests of the indices each method selects, without and with per-class budgets, and
+    those of the targeted methods for one target."""
     out = {}
     for method, options in SELECTIONS:
         name = method + "".join(f"-{k}={v}" for k, v in options.items())
@@ -71,6 +78,15 @@ def selections(rows: np.ndarray, labels: np.ndarray) -> dict[str, str]:
         out[name] = digest(chosen.indices)
         stratified = skmm.select(
             rows, 24, method=method, random_state=0, labels=labels, stratify=True, **options
+        )
+        out[name + "-stratified"] = digest(stratified.indices)
+    target = rows[::9] + 0.25
+    for method, options in TARGETED:
+        name = "target-" + method + "".join(f"-{k}={v}" for k, v in options.items())
+        chosen = skmm.select(rows, 24, method=method, target=target, random_state=0, **options)
+        out[name] = digest(chosen.indices)
+        stratified = skmm.select(
+            rows, 24, method, target=target, random_state=0, labels=labels, stratify=True, **options
         )
         out[name + "-stratified"] = digest(stratified.indices)
     return out

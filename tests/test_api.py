@@ -18,10 +18,16 @@ def _pool(rows, cols, seed):
 
 
 def _select(method, features, n, seed, **options):
+    """Every method as the contract asks: labels where it needs them, and for a method that
+    selects only for a target (``requires_target``) every fourth row as the target."""
     labels = options.pop("labels", None)
-    if skmm.get_method(method).requires_labels and labels is None:
+    cls = skmm.get_method(method)
+    if cls.requires_labels and labels is None:
         labels = _pool(len(features), 1, 0)[1]
-    return skmm.select(features, n, method, labels=labels, random_state=seed, **options)
+    target = features[::4] if cls.requires_target else None
+    return skmm.select(
+        features, n, method, labels=labels, target=target, random_state=seed, **options
+    )
 
 
 def test_methods_lists_the_registry():

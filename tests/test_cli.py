@@ -246,6 +246,11 @@ def test_methods_command_lists_options(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "skmm" in out and "sketch_dim" in out and "uniform" in out
+    lines = out.splitlines()
+    for name in ("less", "knn"):
+        (line,) = [line for line in lines if line.split()[0] == name]
+        assert "[needs --target]" in line
+    assert not any("[needs --target]" in line for line in lines if line.startswith("skmm "))
 
 
 def test_console_script_runs_as_a_module(features_file):
@@ -407,4 +412,28 @@ def test_select_for_a_target_matches_the_api_and_refuses_a_foreign_store(
     )
     err = capsys.readouterr().err
     assert status == 2 and "does not match the pool's" in err and "seed: pool 0, target 1" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("method", "option"), [("less", 'aggregate="mean"'), ("knn", None)])
+def test_select_with_a_targeted_baseline_matches_the_api(
+    features_file, tmp_path, capsys, method, option
+):
+    target = tmp_path / "target.npy"
+    np.save(target, np.load(features_file)[:40] * 3.0)
+    out = tmp_path / "sel.json"
+    args = ["select", str(features_file), "--n", "9", "--seed", "2", "--method", method]
+    args += ["--option", option] if option else []
+    assert main([*args, "--target", str(target), "--out", str(out), "--quiet"]) == 0
+    options = {"aggregate": "mean"} if option else {}
+    expected = skmm.select(
+        np.load(features_file), 9, method, target=np.load(target), random_state=2, **options
+    )
+    selection = Selection.load(out)
+    np.testing.assert_array_equal(selection.indices, expected.indices)
+    assert selection.info["target"]["n_rows"] == 40
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--method {method} selects for a target set: pass --target FILE" in err
     assert "Traceback" not in err

@@ -34,8 +34,10 @@ def _labels(rows=50):
 
 
 def _select(method, features, n, **options):
-    labels = _labels(len(features)) if skmm.get_method(method).requires_labels else None
-    return skmm.select(features, n, method, labels=labels, random_state=0, **options)
+    cls = skmm.get_method(method)
+    labels = _labels(len(features)) if cls.requires_labels else None
+    target = features[::4] if cls.requires_target else None  # every fourth row
+    return skmm.select(features, n, method, labels=labels, target=target, random_state=0, **options)
 
 
 def test_nan_values_are_counted_and_located():

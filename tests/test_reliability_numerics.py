@@ -57,8 +57,9 @@ def _labels():
 def test_hard_pools_give_a_valid_selection_and_finite_diagnostics(method, pool):
     features = POOLS[pool]
     labels = _labels() if skmm.get_method(method).requires_labels else None
+    target = features[::4] if skmm.get_method(method).requires_target else None
     for n in (5, 30):
-        selection = skmm.select(features, n, method, labels=labels, random_state=0)
+        selection = skmm.select(features, n, method, labels=labels, target=target, random_state=0)
         assert np.unique(selection.indices).size == n
         assert selection.indices.min() >= 0 and selection.indices.max() < ROWS
         if selection.weights is not None:

@@ -3,7 +3,8 @@
 tests/test_api.py already checks, for every method, exactly n distinct in-range int64
 indices and the same selection for the same seed. Here: the same contract on pools with many
 duplicate rows and with per-class budgets, invariance to a global scale of the features
-(every method, default options), and invariance to the order of the rows for the
+(every method, default options; a method that needs a target gets every fourth row as
+its target, scaled with the pool), and invariance to the order of the rows for the
 deterministic methods that promise it (docs/reliability.md lists which).
 """
 
@@ -39,6 +40,11 @@ def _labels_for(method, rows, rng):
     return labels
 
 
+def _target_for(method, features):
+    """Every fourth row as the target of a method that needs one, else None."""
+    return features[::4] if skmm.get_method(method).requires_target else None
+
+
 def _check_contract(selection, n, rows):
     indices = selection.indices
     assert indices.dtype == np.int64 and indices.shape == (n,)
@@ -58,7 +64,8 @@ def test_pools_of_duplicate_rows_still_give_n_distinct_rows(method, distinct, co
     rows = features.shape[0]
     n = data.draw(st.integers(1, rows))
     labels = _labels_for(method, rows, rng)
-    selection = skmm.select(features, n, method, labels=labels, random_state=seed)
+    target = _target_for(method, features)
+    selection = skmm.select(features, n, method, labels=labels, target=target, random_state=seed)
     _check_contract(selection, n, rows)
 
 
@@ -76,7 +83,15 @@ def test_per_class_budgets_are_met_exactly(method, rows, seed, mode, data):
     labels = rng.integers(0, 3, rows)
     labels[:6] = [0, 0, 1, 1, 2, 2]
     n = data.draw(st.integers(3, rows))
-    selection = skmm.select(features, n, method, labels=labels, stratify=mode, random_state=seed)
+    selection = skmm.select(
+        features,
+        n,
+        method,
+        labels=labels,
+        stratify=mode,
+        target=_target_for(method, features),
+        random_state=seed,
+    )
     _check_contract(selection, n, rows)
     budgets = [entry["budget"] for entry in selection.info["classes"]]
     assert sum(budgets) == n
@@ -99,8 +114,18 @@ def test_a_global_scale_does_not_change_the_selection(method, rows, cols, power,
     features = rng.standard_normal((rows, cols))
     labels = _labels_for(method, rows, rng)
     n = data.draw(st.integers(1, rows))
-    plain = skmm.select(features, n, method, labels=labels, random_state=seed)
-    scaled = skmm.select(features * 2.0**power, n, method, labels=labels, random_state=seed)
+    scaled_features = features * 2.0**power
+    plain = skmm.select(
+        features, n, method, labels=labels, target=_target_for(method, features), random_state=seed
+    )
+    scaled = skmm.select(
+        scaled_features,
+        n,
+        method,
+        labels=labels,
+        target=_target_for(method, scaled_features),
+        random_state=seed,
+    )
     np.testing.assert_array_equal(plain.indices, scaled.indices)
 
 

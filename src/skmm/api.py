@@ -53,8 +53,9 @@ def select(
     a sketch store, a
     ``SketchStore``, or the ``GradientSketch`` that ``sketch_gradients`` returns (whose labels
     are used when ``labels`` is None); ``labels`` (length N) enable ``stratify``; ``target``
-    (T, r), in any of the same forms, asks a targeted method (``method="skmm"``) for the rows
-    of ``features`` that serve that target set best (docs/skmm.md "Selecting for a target");
+    (T, r), in any of the same forms, asks a targeted method (``"skmm"``, or the baselines
+    ``"less"`` and ``"knn"``, which need one) for the rows of ``features`` that serve that
+    target set best (docs/skmm.md "Selecting for a target");
     ``options`` are the method's own parameters (see ``skmm.methods()`` and each class).
     Returns a :class:`Selection`.
     """

@@ -70,8 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--labels-key", help="array name inside the labels file")
     sel.add_argument(
         "--target",
-        help="SkMM: select for a target set: its features as a matrix file or a `skmm sketch` "
-        "store of the same model, parameters and sketch as the pool",
+        help="skmm, less, knn: select for a target set: its features as a matrix file or a "
+        "`skmm sketch` store of the same model, parameters and sketch as the pool (less and "
+        "knn need it)",
     )
     sel.add_argument("--target-key", help="array name inside an .npz/.safetensors target file")
     sel.add_argument("--sketch-dim", type=int, help="SkMM: sketch dimension m")
@@ -264,6 +265,11 @@ def _select_command(args: argparse.Namespace) -> int:
     options.update({k: v for k, v in named.items() if v is not None})
     if not args.quiet:
         options.setdefault("progress", None)
+    if not args.target and args.method in methods() and get_method(args.method).requires_target:
+        raise InputError(
+            f"--method {args.method} selects for a target set: pass --target FILE (the "
+            "target's features, of the same kind as the pool's)"
+        )
     features, labels = open_features(args.features, args.key)
     target = None
     if args.target:
@@ -410,6 +416,8 @@ def _methods_command() -> int:
         cls = get_method(name)
         options = [p for p in cls.param_names() if p != "n"]
         summary = (cls.__doc__ or "").strip().splitlines()[0]
+        if cls.requires_target:
+            summary = f"[needs --target] {summary}"
         print(f"{name:12s} {summary}")
         print(f"{'':12s} options: {', '.join(options)}")
     return 0

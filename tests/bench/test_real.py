@@ -98,6 +98,8 @@ def test_bad_requests_are_refused():
         run_real(protocols=("lora",))
     with pytest.raises(ValueError, match="unknown method"):
         run_real(methods=("best",))
+    with pytest.raises(ValueError, match="'knn' selects only for a target set"):
+        run_real(methods=("knn",))
 
 
 def test_quick_food_reviews_end_to_end_and_cached(tmp_path):

@@ -82,9 +82,9 @@ def run_real(
 ) -> list[RealRun]:
     """Every protocol × method × budget × seed of one task (features and gradients cached).
 
-    ``methods``: every registered method by default; ``budgets``: :data:`DEFAULT_BUDGETS`
-    by default. ``sources``: for stanford-cars, hub ids or local directories of
-    ``dataset``, ``linear_model`` and ``finetune_model`` (:mod:`skmm.bench.online`).
+    ``methods``: every registered method that needs no target by default; ``budgets``:
+    :data:`DEFAULT_BUDGETS` by default. ``sources``: for stanford-cars, hub ids or local
+    directories of ``dataset``, ``linear_model`` and ``finetune_model`` (:mod:`skmm.bench.online`).
     ``tune``: choose the finetuning learning rates with
     :func:`~skmm.bench.training.tune_finetune` (else the task's defaults in
     :data:`~skmm.bench.tasks.FINETUNE`). ``stratify``: every method selects with
@@ -102,10 +102,14 @@ def run_real(
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocol(s) {unknown}; choose from: {', '.join(PROTOCOLS)}")
-    methods = method_names() if methods is None else methods
+    if methods is None:
+        methods = [m for m in method_names() if not get_method(m).requires_target]
     budgets = DEFAULT_BUDGETS if budgets is None else budgets
     for method in methods:
-        get_method(method)
+        if get_method(method).requires_target:
+            raise ValueError(
+                f"method {method!r} selects only for a target set, and this benchmark has none"
+            )
     cache = Path(cache_dir)
     task = prepare_task(
         task_name,

@@ -10,6 +10,7 @@ from . import (
     pivoting,
     scores,
     submodular,
+    targeted,
 )
 from .base import REGISTRY, MethodOutput, Selector, register
 from .skmm import SkMM
@@ -31,4 +32,5 @@ __all__ = [
     "register",
     "scores",
     "submodular",
+    "targeted",
 ]

@@ -69,6 +69,8 @@ class Selector:
     """True when labels alone (``stratify=None``) mean class-proportional budgets."""
     targeted: ClassVar[bool] = False
     """True when the method can select for a target set's features (``fit(..., target=)``)."""
+    requires_target: ClassVar[bool] = False
+    """True when the method selects only for a target: ``fit`` without one is an error."""
 
     def __init__(
         self,
@@ -169,6 +171,11 @@ class Selector:
         Under torchrun, every rank passes the same ``features`` (e.g. the same memory-mapped
         file or sketch store) and gets the same selection.
         """
+        if target is None and self.requires_target:
+            raise ValueError(
+                f"method {self.name!r} selects for a target set and needs one: pass "
+                "target=... (the target's features, of the same kind as the pool's)"
+            )
         if target is not None:
             if not self.targeted:
                 from . import REGISTRY
