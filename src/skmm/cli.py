@@ -209,6 +209,12 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="uniform, less, knn, skmm-targeted (SkMM given the target), skmm (default: all)",
     )
+    target.add_argument(
+        "--features",
+        default="embeddings",
+        choices=["embeddings", "gradients"],
+        help="what the selectors see: the embeddings, or LESS's sketched warm-up probe gradients",
+    )
     target.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
     target.add_argument("--seeds", type=int, default=5, help="selection seeds")
     target.add_argument(
@@ -469,6 +475,7 @@ def _target_command(args: argparse.Namespace) -> int:
         quick=args.quick,
         cache_dir=args.cache,
         seeds=args.seeds,
+        features=args.features,
         image_size=args.image_size,
         progress=False if args.quiet else None,
         **given,

@@ -3,16 +3,22 @@ import os
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import skmm
 import skmm.cli
 from skmm.bench.target import (
+    WARMUP,
     cut_target,
+    loss_gradients,
+    probe_gradients,
     run_target,
     run_target_task,
     target_scores,
 )
 from skmm.bench.tasks import Encoded, PreparedTask
+from skmm.bench.training import train_linear
 
 from .test_images import fashion_available
 
@@ -95,6 +101,39 @@ def test_targeted_skmm_takes_more_of_the_target_classes_than_the_pool_holds():
         assert inside[rows].mean() >= 2 * inside.mean()
 
 
+def test_loss_gradients_are_the_probes_cross_entropy_gradients():
+    task = clustered_task()
+    probe = train_linear(task.pool.embedding[:60], task.pool.labels[:60], task.n_classes, 0.1)
+    rows = task.target.embedding[:5]
+    labels = task.target.labels[:5]
+    got = loss_gradients(probe, rows, labels)
+    assert got.shape == (5, (rows.shape[1] + 1) * task.n_classes) and got.dtype == np.float32
+    for i in range(5):
+        weight = probe.weight.clone().double().requires_grad_(True)
+        bias = probe.bias.clone().double().requires_grad_(True)
+        x = torch.from_numpy((rows[i : i + 1] - probe.mean) / probe.scale).double()
+        loss = F.cross_entropy(x @ weight + bias, torch.from_numpy(labels[i : i + 1]))
+        loss.backward()
+        expected = torch.cat([weight.grad, bias.grad[None]]).flatten().numpy()
+        np.testing.assert_allclose(got[i], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_features_share_one_sketch_and_feed_every_method(tmp_path):
+    task = clustered_task()
+    pool, target = probe_gradients(task, {"12": 1.0, "30": 0.1})
+    assert pool.shape == (600, WARMUP["sketch_dim"]) and target.shape == (20, WARMUP["sketch_dim"])
+    again_pool, again_target = probe_gradients(task, {"12": 1.0, "30": 0.1})
+    np.testing.assert_array_equal(pool, again_pool)
+    np.testing.assert_array_equal(target, again_target)
+    methods = ("uniform", "less", "knn", "skmm-targeted")
+    runs = run_target_task(
+        task, methods, (12,), 2, tmp_path, features="gradients", journal=tmp_path / "runs.csv"
+    )
+    assert {r.method for r in runs} >= set(methods)
+    with pytest.raises(ValueError, match="unknown features 'pixels'"):
+        run_target_task(task, methods, (12,), 1, tmp_path, features="pixels")
+
+
 def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown targeted task"):
         run_target("nope", cache_dir=tmp_path)
@@ -115,7 +154,8 @@ def test_quick_targeted_fashion_mnist_from_the_cli(tmp_path, capsys):
     assert skmm.cli.main(args) == 0
     printed = capsys.readouterr().out
     head = printed.split("\n", 1)[0]
-    assert "Targeted benchmark fashion-mnist-tops: target classes [0, 2, 4, 6]" in head
+    assert head.startswith("Targeted benchmark fashion-mnist-tops, selectors see the embeddings")
+    assert "target classes [0, 2, 4, 6]" in head
     assert "cross-entropy on the target rows" in head
     assert "| skmm-targeted |" in printed and "| pool-target-classes |" in printed
     assert "Target set only (" in printed and "Full pool (" in printed

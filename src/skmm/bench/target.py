@@ -32,10 +32,12 @@ import numpy as np
 
 from ..api import get_method, select
 from ..io import atomic_write, read_json
+from ..seeding import numpy_rng
+from ..sketch import sketch
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .report import Report, plot_real, real_markdown, summarize_real
 from .tasks import Encoded, PreparedTask, hold_out_validation, prepare_task
-from .training import PENALTY_GRID, scores, train_linear, tune_linear
+from .training import PENALTY_GRID, StandardizedLogistic, scores, train_linear, tune_linear
 
 TARGET_TASKS = {"fashion-mnist-tops": {"task": "fashion-mnist", "classes": (0, 2, 4, 6)}}
 """Each targeted task: the real task it is cut from and the target's classes."""
@@ -46,6 +48,13 @@ TARGETED = {"skmm-targeted": "skmm", "less": "less", "knn": "knn"}
 REFERENCES = ("pool-target-classes", "target-only", "full-pool")
 CEILINGS = {"target-only": "Target set only", "full-pool": "Full pool"}
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000)
+FEATURES = ("embeddings", "gradients")
+"""What the selectors see: the frozen embeddings, or LESS's features (:func:`probe_gradients`)."""
+WARMUP = {"fraction": 0.05, "seed": 0, "sketch_dim": 256}
+"""LESS's warm-up: a probe trained on a seeded uniform share of the pool, whose per-row loss
+gradients are sketched to ``sketch_dim`` columns by one Gaussian map (seed 0)."""
+GRADIENT_ROWS = 512
+"""Rows whose gradients are formed and sketched at once."""
 QUICK = {"budgets": (20,), "image_size": 32, "limit_train": 400, "limit_test": 200}
 
 
@@ -112,11 +121,16 @@ def run_target(
     image_size: int = 96,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    features: str = "embeddings",
     references: bool = True,
     journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
-    """Every method × n × seed of one targeted task, and the references (linear probe)."""
+    """Every method × n × seed of one targeted task, and the references (linear probe).
+
+    ``features``: what the selectors see (:data:`FEATURES`); the probe always trains on the
+    embeddings.
+    """
     if task_name not in TARGET_TASKS:
         raise ValueError(f"unknown targeted task {task_name!r}; choose: {', '.join(TARGET_TASKS)}")
     for method in methods:
@@ -140,6 +154,7 @@ def run_target(
         budgets,
         seeds,
         cache,
+        features=features,
         references=references,
         journal=journal,
         progress=progress,
@@ -153,11 +168,14 @@ def run_target_task(
     seeds: int,
     cache: Path,
     *,
+    features: str = "embeddings",
     references: bool = True,
     journal: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> list[RealRun]:
     """The grid of :func:`run_target` on a task already cut (:func:`cut_target`)."""
+    if features not in FEATURES:
+        raise ValueError(f"unknown features {features!r}; choose from: {', '.join(FEATURES)}")
     pool, size = len(task.pool.labels), len(task.target.labels)
     too_big = [n for n in budgets if n >= pool]
     if too_big:
@@ -166,24 +184,79 @@ def run_target_task(
         task.name, task.pool, task.test, None, task.n_classes, {}, task.settings, task.target
     )
     penalties = tune_linear(tuning, sorted({*budgets, size, pool}), cache)
-    settings = {"task": task.name, **task.settings, "penalty_grid": list(PENALTY_GRID)}
-    settings["penalties"] = penalties
+    settings = {"task": task.name, **task.settings}
+    seen = (task.pool.embedding, task.target.embedding)
+    if features == "gradients":
+        seen = probe_gradients(task, penalties)
+        settings.update(features=features, warmup=WARMUP)
+    settings.update(penalty_grid=list(PENALTY_GRID), penalties=penalties)
     shared = None if journal is None else Journal(Path(journal), settings)
     cells = [(n, m) for n in budgets for m in methods]
     if references:
         cells += [(n, "pool-target-classes") for n in budgets]
         cells += [(size, "target-only"), (pool, "full-pool")]
     grid = [("linear", n, m, s) for n, m in cells for s in range(seeds)]
-    return run_grid(grid, shared, lambda key: _one_run(key, task, penalties), progress)
+    return run_grid(grid, shared, lambda key: _one_run(key, task, seen, penalties), progress)
 
 
-def _one_run(key: tuple[str, int, str, int], task: TargetTask, penalties: dict) -> RealRun:
+def probe_gradients(task: TargetTask, penalties: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """LESS's features of the pool's and the target's rows: the warm-up probe's loss gradients
+    (:func:`loss_gradients`), sketched to ``WARMUP["sketch_dim"]`` columns by one Gaussian
+    map, so both live in one space.
+
+    The warm-up probe (:data:`WARMUP`) trains on a seeded uniform share of the pool with the
+    penalty tuned for the nearest budget.
+    """
+    pool = len(task.pool.labels)
+    size = max(1, round(WARMUP["fraction"] * pool))
+    rows = np.sort(numpy_rng(WARMUP["seed"], "warmup").choice(pool, size, replace=False))
+    nearest = min(penalties, key=lambda n: abs(int(n) - size))
+    probe = train_linear(
+        task.pool.embedding[rows], task.pool.labels[rows], task.n_classes, penalties[nearest]
+    )
+
+    def sketched(split: Encoded) -> np.ndarray:
+        parts = [
+            sketch(
+                loss_gradients(probe, split.embedding[start:stop], split.labels[start:stop]),
+                WARMUP["sketch_dim"],
+                seed=0,
+            )
+            for start, stop in _pieces(len(split.labels), GRADIENT_ROWS)
+        ]
+        return np.concatenate(parts)
+
+    return sketched(task.pool), sketched(task.target)
+
+
+def loss_gradients(
+    probe: StandardizedLogistic, embedding: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """g_i = (x̂_i, 1) ⊗ (p_i − e_{y_i}) (float32, rows of (d + 1)·C): the gradient of row i's
+    cross-entropy with respect to the probe's weights and bias, with x̂ the standardized
+    embedding and p the predicted class probabilities."""
+    residual = probe.logits(embedding).softmax(1).double().numpy()
+    residual[np.arange(len(labels)), labels] -= 1.0
+    inputs = np.hstack([(embedding - probe.mean) / probe.scale, np.ones((len(labels), 1))])
+    return (inputs[:, :, None] * residual[:, None, :]).reshape(len(labels), -1).astype(np.float32)
+
+
+def _pieces(total: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _one_run(
+    key: tuple[str, int, str, int],
+    task: TargetTask,
+    seen: tuple[np.ndarray, np.ndarray],
+    penalties: dict[str, float],
+) -> RealRun:
     protocol, n, method, seed = key
     began = time.perf_counter()
     if method == "target-only":
         embedding, labels = task.target.embedding, task.target.labels
     else:
-        rows = _coreset(task, n, method, seed)
+        rows = _coreset(task, seen, n, method, seed)
         embedding, labels = task.pool.embedding[rows], task.pool.labels[rows]
     select_seconds = time.perf_counter() - began
     began = time.perf_counter()
@@ -202,18 +275,20 @@ def _one_run(key: tuple[str, int, str, int], task: TargetTask, penalties: dict) 
     )
 
 
-def _coreset(task: TargetTask, n: int, method: str, seed: int) -> np.ndarray:
-    """The pool rows trained on: a method's selection, or a reference's."""
+def _coreset(
+    task: TargetTask, seen: tuple[np.ndarray, np.ndarray], n: int, method: str, seed: int
+) -> np.ndarray:
+    """The pool rows trained on: a method's selection on the features ``seen`` (the pool's,
+    the target's), or a reference's."""
     labels = task.pool.labels
+    pool, target = seen
     if method == "full-pool":
         return np.arange(len(labels))
     if method == "pool-target-classes":
         inside = np.flatnonzero(np.isin(labels, task.classes))
-        picked = select(task.pool.embedding[inside], n, "uniform", random_state=seed)
-        return inside[picked.indices]
-    target = task.target.embedding if method in TARGETED else None
-    method = TARGETED.get(method, method)
-    return select(task.pool.embedding, n, method, target=target, random_state=seed).indices
+        return inside[select(pool[inside], n, "uniform", random_state=seed).indices]
+    given = target if method in TARGETED else None
+    return select(pool, n, TARGETED.get(method, method), target=given, random_state=seed).indices
 
 
 def target_report(
@@ -239,15 +314,23 @@ def target_report(
     counts = sorted({summary.seeds for summary in summaries})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     penalties = ", ".join(f"n = {n}: {value:g}" for n, value in settings["penalties"].items())
+    seen = "the embeddings"
+    if settings.get("features") == "gradients":
+        warmup = settings["warmup"]
+        seen = (
+            f"the warm-up probe's loss gradients (probe on a uniform {warmup['fraction']:.0%} "
+            f"of the pool), sketched to {warmup['sketch_dim']} columns"
+        )
     header = (
-        f"Targeted benchmark {task_name}: target classes {settings['target_classes']}; "
+        f"Targeted benchmark {task_name}, selectors see {seen}: "
+        f"target classes {settings['target_classes']}; "
         f"{settings['target_rows']:,} target rows (the pool's held-out rows of those classes) "
         f"seen by the targeted selectors; scored on the {settings['test_rows']:,} test rows "
         f"of those classes; linear probe; {seeds} seed(s); "
         f"{time.perf_counter() - began:.0f} s. L2 penalty tuned on uniform coresets of the "
         f"pool by the cross-entropy on the target rows: {penalties}.\n\n"
     )
-    baselines = [b for b in ("uniform", "less") if any(r.method == b for r in runs)]
+    baselines = [b for b in ("uniform", "less", "knn") if any(r.method == b for r in runs)]
     markdown = header + real_markdown(summaries, runs, ceilings=CEILINGS, baselines=baselines)
     with atomic_write(out / "table.md", "w") as stream:
         stream.write(markdown)
