@@ -10,6 +10,7 @@ import skmm
 import skmm.cli
 from skmm.bench.target import (
     WARMUP,
+    _coreset,
     cut_target,
     loss_gradients,
     probe_gradients,
@@ -37,7 +38,7 @@ def clustered_task(classes=(0, 1), n_pool=600, n_classes=6, seed=0):
     validation = encoded(np.repeat(np.arange(n_classes), 10), rng, centers)
     test = encoded(np.repeat(np.arange(n_classes), 20), rng, centers)
     prepared = PreparedTask("toy", pool, test, None, n_classes, {}, {}, validation)
-    return cut_target(prepared, "toy-target", classes)
+    return cut_target(prepared, "toy-target", {c: 1.0 for c in classes})
 
 
 def test_the_target_is_the_held_out_rows_and_the_test_rows_of_its_classes():
@@ -49,15 +50,34 @@ def test_the_target_is_the_held_out_rows_and_the_test_rows_of_its_classes():
     assert task.settings == {"target_classes": [4, 1], "target_rows": 20, "test_rows": 40}
 
 
+def test_a_shifted_mix_keeps_a_seeded_share_of_each_class(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = 4.0 * rng.standard_normal((3, 6))
+    split = encoded(np.repeat(np.arange(3), 30), rng, centers)
+    prepared = PreparedTask("toy", split, split, None, 3, {}, {}, split)
+    shares = {0: 1.0, 1: 0.5, 2: 0.1}
+    task = cut_target(prepared, "mix", shares)
+    assert np.bincount(task.target.labels).tolist() == [30, 15, 3]
+    assert np.bincount(task.test.labels).tolist() == [30, 15, 3]
+    assert task.settings["target_shares"] == {"0": 1.0, "1": 0.5, "2": 0.1}
+    again = cut_target(prepared, "mix", shares)
+    np.testing.assert_array_equal(task.target.embedding, again.target.embedding)
+    # the label oracle draws the target's class mix from the pool
+    runs = run_target_task(task, ("uniform",), (16,), 1, tmp_path, references=False)
+    assert len(runs) == 1
+    rows = _coreset(task, (task.pool.embedding, task.target.embedding), 16, "pool-target-mix", 0)
+    assert np.bincount(task.pool.labels[rows], minlength=3).tolist() == [10, 5, 1]
+
+
 def test_a_target_class_absent_from_the_held_out_rows_is_refused():
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((3, 4))
     validation = encoded([0, 0, 1], rng, centers)
     prepared = PreparedTask("toy", validation, validation, None, 3, {}, {}, validation)
     with pytest.raises(ValueError, match=r"no rows of \[2\]"):
-        cut_target(prepared, "t", (1, 2))
+        cut_target(prepared, "t", {1: 1.0, 2: 1.0})
     with pytest.raises(ValueError, match="held-out validation part"):
-        cut_target(PreparedTask("toy", validation, validation, None, 3, {}), "t", (1,))
+        cut_target(PreparedTask("toy", validation, validation, None, 3, {}), "t", {1: 1.0})
 
 
 def test_target_scores_count_predictions_outside_the_target_as_wrong():
@@ -76,12 +96,12 @@ def test_the_grid_holds_every_method_and_the_references_and_resumes(tmp_path):
     runs = run_target_task(task, methods, (12, 24), 2, tmp_path / "cache", **options)
     cells = {(r.method, r.n) for r in runs}
     for n in (12, 24):
-        assert {(m, n) for m in (*methods, "pool-target-classes")} <= cells
+        assert {(m, n) for m in (*methods, "pool-target-mix")} <= cells
     assert ("target-only", 20) in cells and ("full-pool", 600) in cells
     assert len(runs) == 2 * (4 * 2 + 2)
     assert all(0.0 <= r.accuracy <= 1.0 for r in runs)
     # the label oracle trains on the target's classes only: on these clusters it is exact
-    assert all(r.accuracy == 1.0 for r in runs if r.method == "pool-target-classes")
+    assert all(r.accuracy == 1.0 for r in runs if r.method == "pool-target-mix")
     with open(tmp_path / "runs.csv") as stream:
         assert len(list(csv.DictReader(stream))) == len(runs)
     again = run_target_task(task, methods, (12, 24), 2, tmp_path / "cache", **options)
@@ -155,9 +175,10 @@ def test_quick_targeted_fashion_mnist_from_the_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     head = printed.split("\n", 1)[0]
     assert head.startswith("Targeted benchmark fashion-mnist-tops, selectors see the embeddings")
+    assert "of the same mix" in head
     assert "target classes [0, 2, 4, 6]" in head
     assert "cross-entropy on the target rows" in head
-    assert "| skmm-targeted |" in printed and "| pool-target-classes |" in printed
+    assert "| skmm-targeted |" in printed and "| pool-target-mix |" in printed
     assert "Target set only (" in printed and "Full pool (" in printed
     assert "linear: accuracy − uniform's, paired over seeds" in printed
     for name in ("table.md", "runs.csv", "accuracy.png"):

@@ -1,22 +1,25 @@
 """The targeted benchmark, offline: select from a pool for a target task that differs from it.
 
-A user with a target task holds a few hundred of its examples and a large mixed pool. Here:
+A user with a target task holds a few hundred of its examples and a large mixed pool. Here the
+pool is the Fashion-MNIST pool of the real benchmark (:mod:`skmm.bench.tasks`, its validation
+part set aside), the target set is cut from that validation part and the test split from the
+official test images, by the same class shares (:data:`TARGET_TASKS`):
 
-- ``fashion-mnist-tops``: the pool is the Fashion-MNIST pool of the real benchmark
-  (:mod:`skmm.bench.tasks`, its validation part set aside); the target set is that validation
-  part's rows of the four upper-body classes (T-shirt/top, Pullover, Coat, Shirt), the four
-  classes the network confuses most; the test split is the official test images of those
-  classes. A 10-class linear probe trained on a coreset of the pool is scored on the target's
-  test rows (accuracy, and macro-F1 over the target's classes).
+- ``fashion-mnist-tops``: the four upper-body classes (T-shirt/top, Pullover, Coat, Shirt),
+  the classes the network confuses most, and nothing else;
+- ``fashion-mnist-shift``: every class, the four upper-body ones making 70% of the rows (a
+  shifted class mix).
 
-The selectors see embeddings and no labels: the pool's and the target set's (``skmm`` with
-``target=``, the LESS-style ``less``, ``knn``), or the pool's alone (``uniform`` and SkMM's
-untargeted default). The
-probe's L2 penalty is tuned per n on uniform coresets of the pool, scored by the
-cross-entropy on the target set (never on the test split), and is the same for every method.
-Three references (:data:`REFERENCES`) frame the table: uniform coresets of the pool's rows of
-the target's classes (a label oracle no selector has), the target set alone, the whole pool.
-Runs go to the resumable journal of :mod:`skmm.bench.journal`.
+A 10-class linear probe trained on a coreset of the pool is scored on the target's test rows
+(accuracy, and macro-F1 over the target's classes). The selectors see no labels: embeddings
+(or, with ``features="gradients"``, LESS's sketched warm-up gradients) of the pool and the
+target set (``skmm`` with ``target=``, the LESS-style ``less``, ``knn``), or of the pool alone
+(``uniform`` and SkMM's untargeted default). The probe's L2 penalty is tuned per n on uniform
+coresets of the pool, scored by the cross-entropy on the target set (never on the test
+split), and is the same for every method. Three references (:data:`REFERENCES`) frame the
+table: uniform coresets of the pool with the target set's class mix (a label oracle no
+selector has), the target set alone, the whole pool. Runs go to the resumable journal of
+:mod:`skmm.bench.journal`.
 """
 
 from __future__ import annotations
@@ -39,13 +42,23 @@ from .report import Report, plot_real, real_markdown, summarize_real
 from .tasks import Encoded, PreparedTask, hold_out_validation, prepare_task
 from .training import PENALTY_GRID, StandardizedLogistic, scores, train_linear, tune_linear
 
-TARGET_TASKS = {"fashion-mnist-tops": {"task": "fashion-mnist", "classes": (0, 2, 4, 6)}}
-"""Each targeted task: the real task it is cut from and the target's classes."""
+TOPS = (0, 2, 4, 6)
+"""Fashion-MNIST's upper-body classes: T-shirt/top, Pullover, Coat, Shirt."""
+TARGET_TASKS = {
+    "fashion-mnist-tops": {"task": "fashion-mnist", "shares": {c: 1.0 for c in TOPS}},
+    "fashion-mnist-shift": {
+        "task": "fashion-mnist",
+        "shares": {c: 1.0 if c in TOPS else 2 / 7 for c in range(10)},
+    },
+}
+"""Each targeted task: the real task it is cut from, and the share of each target class's
+held-out (and test) rows kept: the four upper-body classes alone, or every class with those
+four at 70% of the rows (a shifted class mix)."""
 METHODS = ("uniform", "less", "knn", "skmm-targeted", "skmm")
 """``skmm-targeted`` is SkMM given the target set; ``skmm`` its untargeted default."""
 TARGETED = {"skmm-targeted": "skmm", "less": "less", "knn": "knn"}
 """Grid names of the methods that receive the target set, and the method each runs."""
-REFERENCES = ("pool-target-classes", "target-only", "full-pool")
+REFERENCES = ("pool-target-mix", "target-only", "full-pool")
 CEILINGS = {"target-only": "Target set only", "full-pool": "Full pool"}
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000)
 FEATURES = ("embeddings", "gradients")
@@ -71,26 +84,26 @@ class TargetTask:
     settings: dict[str, Any]
 
 
-def cut_target(task: PreparedTask, name: str, classes: Sequence[int]) -> TargetTask:
-    """``task`` (its validation part held out) as a targeted task: the validation rows of
-    ``classes`` are the target set, the test rows of ``classes`` the test split."""
+def cut_target(task: PreparedTask, name: str, shares: dict[int, float]) -> TargetTask:
+    """``task`` (its validation part held out) as a targeted task: of each class c of
+    ``shares``, a seeded share of its validation rows joins the target set and the same share
+    of its test rows the test split (share 1: all of them)."""
     if task.validation is None:
         raise ValueError("the task needs a held-out validation part (hold_out_validation)")
-    classes = tuple(int(c) for c in classes)
-    target_rows = np.flatnonzero(np.isin(task.validation.labels, classes))
-    test_rows = np.flatnonzero(np.isin(task.test.labels, classes))
+    shares = {int(c): float(share) for c, share in shares.items() if share > 0}
+    classes = tuple(shares)
+    target_rows = _share_rows(task.validation.labels, shares, "target")
+    test_rows = _share_rows(task.test.labels, shares, "test")
     missing = sorted(set(classes) - set(task.validation.labels[target_rows].tolist()))
     if missing or not len(test_rows):
         raise ValueError(
             f"target classes {list(classes)}: the validation part has no rows of {missing} "
             f"or the test split none of them ({len(test_rows)} test rows); use a larger pool"
         )
-    settings = {
-        **task.settings,
-        "target_classes": list(classes),
-        "target_rows": len(target_rows),
-        "test_rows": len(test_rows),
-    }
+    settings = {**task.settings, "target_classes": list(classes)}
+    if any(share < 1 for share in shares.values()):
+        settings["target_shares"] = {str(c): share for c, share in shares.items()}
+    settings.update(target_rows=len(target_rows), test_rows=len(test_rows))
     return TargetTask(
         name,
         task.train,
@@ -100,6 +113,17 @@ def cut_target(task: PreparedTask, name: str, classes: Sequence[int]) -> TargetT
         classes,
         settings,
     )
+
+
+def _share_rows(labels: np.ndarray, shares: dict[int, float], stream: str) -> np.ndarray:
+    """Sorted rows: of each class c, round(shares[c] · its rows) chosen by a seeded draw."""
+    rng = numpy_rng(0, f"target-{stream}")
+    parts = []
+    for c, share in shares.items():
+        rows = np.flatnonzero(labels == c)
+        keep = len(rows) if share >= 1 else round(share * len(rows))
+        parts.append(rows if keep == len(rows) else rng.choice(rows, keep, replace=False))
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
 def target_scores(predicted: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> dict:
@@ -147,7 +171,7 @@ def run_target(
         image_size=image_size,
         progress=progress,
     )
-    task = cut_target(hold_out_validation(base), task_name, spec["classes"])
+    task = cut_target(hold_out_validation(base), task_name, spec["shares"])
     return run_target_task(
         task,
         methods,
@@ -193,7 +217,7 @@ def run_target_task(
     shared = None if journal is None else Journal(Path(journal), settings)
     cells = [(n, m) for n in budgets for m in methods]
     if references:
-        cells += [(n, "pool-target-classes") for n in budgets]
+        cells += [(n, "pool-target-mix") for n in budgets]
         cells += [(size, "target-only"), (pool, "full-pool")]
     grid = [("linear", n, m, s) for n, m in cells for s in range(seeds)]
     return run_grid(grid, shared, lambda key: _one_run(key, task, seen, penalties), progress)
@@ -284,11 +308,26 @@ def _coreset(
     pool, target = seen
     if method == "full-pool":
         return np.arange(len(labels))
-    if method == "pool-target-classes":
-        inside = np.flatnonzero(np.isin(labels, task.classes))
-        return inside[select(pool[inside], n, "uniform", random_state=seed).indices]
+    if method == "pool-target-mix":
+        classes, counts = np.unique(task.target.labels, return_counts=True)
+        quotas = _largest_remainder(counts * n / counts.sum(), n)
+        budgets = {int(c): int(q) for c, q in zip(classes, quotas, strict=True) if q}
+        inside = np.flatnonzero(np.isin(labels, list(budgets)))
+        chosen = select(
+            pool[inside], n, "uniform", labels=labels[inside], stratify=budgets, random_state=seed
+        )
+        return inside[chosen.indices]
     given = target if method in TARGETED else None
     return select(pool, n, TARGETED.get(method, method), target=given, random_state=seed).indices
+
+
+def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:
+    """Integers summing to ``total``: the floors of ``quotas``, the rest to the largest
+    fractional parts (ties to the lower index)."""
+    whole = np.floor(quotas).astype(np.int64)
+    extra = np.argsort(-(quotas - whole), kind="stable")[: total - int(whole.sum())]
+    whole[extra] += 1
+    return whole
 
 
 def target_report(
@@ -321,12 +360,18 @@ def target_report(
             f"the warm-up probe's loss gradients (probe on a uniform {warmup['fraction']:.0%} "
             f"of the pool), sketched to {warmup['sketch_dim']} columns"
         )
+    mix = f"target classes {settings['target_classes']}"
+    if "target_shares" in settings:
+        mix += (
+            " (share of each class's rows kept: "
+            + ", ".join(f"{c}: {share:.2f}" for c, share in settings["target_shares"].items())
+            + ")"
+        )
     header = (
-        f"Targeted benchmark {task_name}, selectors see {seen}: "
-        f"target classes {settings['target_classes']}; "
-        f"{settings['target_rows']:,} target rows (the pool's held-out rows of those classes) "
-        f"seen by the targeted selectors; scored on the {settings['test_rows']:,} test rows "
-        f"of those classes; linear probe; {seeds} seed(s); "
+        f"Targeted benchmark {task_name}, selectors see {seen}: {mix}; "
+        f"{settings['target_rows']:,} target rows (from the pool's held-out rows) seen by the "
+        f"targeted selectors; scored on {settings['test_rows']:,} test rows of the same mix; "
+        f"linear probe; {seeds} seed(s); "
         f"{time.perf_counter() - began:.0f} s. L2 penalty tuned on uniform coresets of the "
         f"pool by the cross-entropy on the target rows: {penalties}.\n\n"
     )
