@@ -198,7 +198,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="select for a target task: a pool, a target set of other classes, its test split",
     )
     target.add_argument(
-        "--task", default="fashion-mnist-tops", help="targeted task (fashion-mnist-tops)"
+        "--task",
+        default="fashion-mnist-tops",
+        help="fashion-mnist-tops (four classes) or fashion-mnist-shift (a shifted class mix)",
     )
     target.add_argument(
         "--out", default="bench-out/target", help="output folder: runs.csv journal (resumed)"
