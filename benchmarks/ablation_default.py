@@ -47,11 +47,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "skmm-gap-uncentered": ("skmm", {"center": False, "directions": "gap", "stratify": False}),
     "skmm-logdet": ("skmm", {"objective": "logdet", "stratify": False}),
     "skmm-diagonal": ("skmm", {"objective": "diagonal", "stratify": False}),
+    "skmm-quarter-unstratified": (
+        "skmm",
+        {"directions": lambda n: max(1, n // 4), "stratify": False},
+    ),
+    "skmm-eighth-unstratified": (
+        "skmm",
+        {"directions": lambda n: max(1, n // 8), "stratify": False},
+    ),
 }
 """label -> (method, options). Labels are passed to every method, so ``skmm`` is the default
 with labels (per-class budgets); the other SkMM variants select over the whole pool, and
 ``skmm-gap-uncentered`` is the previous default's usual choice (the uncentered moment cut at
-its largest eigengap) on the current sketch."""
+its largest eigengap) on the current sketch. An option given as a function is called with n:
+``skmm-quarter-unstratified`` and ``skmm-eighth-unstratified`` keep k = n/4 and n/8 directions
+instead of the default's n/2 (over the whole pool, to compare with ``skmm-unstratified``)."""
 SYNTHETIC_BUDGETS = (24, 48, 100, 200, 400)
 REAL_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DIGITS_BUDGETS = (20, 40, 80, 160)
@@ -70,8 +80,9 @@ def _run(
     out.parent.mkdir(parents=True, exist_ok=True)
     have = {(r["label"], r["n"], r["seed"]) for r in rows}
     for label in labels:
-        method, options = VARIANTS[label]
+        method, given = VARIANTS[label]
         for n in budgets:
+            options = {k: v(n) if callable(v) else v for k, v in given.items()}
             for seed in range(seeds):
                 if (label, n, seed) in have:
                     continue
