@@ -55,13 +55,18 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "skmm",
         {"directions": lambda n: max(1, n // 8), "stratify": False},
     ),
+    "skmm-ridge0.1-unstratified": ("skmm", {"ridge": 0.1, "stratify": False}),
+    "skmm-ridge1-unstratified": ("skmm", {"ridge": 1.0, "stratify": False}),
 }
 """label -> (method, options). Labels are passed to every method, so ``skmm`` is the default
 with labels (per-class budgets); the other SkMM variants select over the whole pool, and
 ``skmm-gap-uncentered`` is the previous default's usual choice (the uncentered moment cut at
 its largest eigengap) on the current sketch. An option given as a function is called with n:
 ``skmm-quarter-unstratified`` and ``skmm-eighth-unstratified`` keep k = n/4 and n/8 directions
-instead of the default's n/2 (over the whole pool, to compare with ``skmm-unstratified``)."""
+instead of the default's n/2 (over the whole pool, to compare with ``skmm-unstratified``);
+``skmm-ridge0.1-unstratified`` and ``skmm-ridge1-unstratified`` raise ε in M_S + εI (whitened
+coordinates, where the pool's moment is I) from 1e-6, so that a row far out along a direction
+already covered gains less."""
 SYNTHETIC_BUDGETS = (24, 48, 100, 200, 400)
 REAL_BUDGETS = (50, 100, 200, 500, 1000, 2000)
 DIGITS_BUDGETS = (20, 40, 80, 160)
