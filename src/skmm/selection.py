@@ -26,8 +26,9 @@ class SelectionWarning(UserWarning):
 
 def selection_warnings(info: dict[str, Any]) -> list[str]:
     """What looks wrong about a selection from its ``info``: a labeled class that got no rows
-    (without ``stratify``, which warns about its own budgets), or SkMM matching only one or
-    two directions by an automatic rule."""
+    (without ``stratify``, which warns about its own budgets; for a targeted selection the
+    message says it is expected where the target lacks the class), or SkMM matching only one
+    or two directions by an automatic rule."""
     found: list[str] = []
     counts = info.get("class_counts")
     stratify = (info.get("params") or {}).get("stratify")
@@ -43,11 +44,15 @@ def selection_warnings(info: dict[str, Any]) -> list[str]:
             named = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
             present = sum(1 for pool in counts["pool"] if pool > 0)
             n = int(info.get("n") or sum(counts["coreset"]))
-            fix = (
-                f"n = {n} is below the {present} classes: raise n to at least {present}"
-                if n < present
-                else "pass stratify=True for class-proportional budgets (or stratify='balanced')"
-            )
+            if n < present:
+                fix = f"n = {n} is below the {present} classes: raise n to at least {present}"
+            elif "target" in info:
+                fix = (
+                    "expected if the target set has no rows of them; if it has, pass "
+                    "stratify={label: budget, ...} to give each class its rows"
+                )
+            else:
+                fix = "pass stratify=True for class-proportional budgets (or stratify='balanced')"
             found.append(
                 f"{len(missing)} of {len(counts['labels'])} labeled classes got no rows in the "
                 f"coreset of {n} ({named}); {fix}"
