@@ -77,13 +77,23 @@ class TiledRows:
         self.tiles = rows.reshape(-1, TILE_ROWS, rows.shape[1])
 
     def products(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``rows @ matrix`` (see :func:`row_products`)."""
+        """``rows @ matrix`` (see :func:`row_products`); ``matrix`` may come padded already
+        (:func:`pad_columns`), its zero columns are then part of the result."""
         width = matrix.shape[1]
-        columns = -(-width // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
-        if columns != width:
-            matrix = torch.cat([matrix, matrix.new_zeros(matrix.shape[0], columns - width)], 1)
-        product = torch.matmul(self.tiles, matrix)
-        return product.reshape(-1, columns)[: self.n_rows, :width]
+        padded = pad_columns(matrix)
+        product = torch.matmul(self.tiles, padded)
+        return product.reshape(-1, padded.shape[1])[: self.n_rows, :width]
+
+
+def pad_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (d, k) with zero columns appended up to a multiple of ``COLUMN_MULTIPLE``
+    (itself when k is one), the shape :func:`row_products` multiplies by; padding a matrix
+    once spares it for every later product."""
+    width = matrix.shape[1]
+    columns = -(-width // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
+    if columns == width:
+        return matrix
+    return torch.cat([matrix, matrix.new_zeros(matrix.shape[0], columns - width)], 1)
 
 
 @dataclass(frozen=True, eq=False)

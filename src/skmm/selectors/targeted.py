@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..inputs import FeatureMatrix, check_choice
-from ..rows import COLUMN_MULTIPLE, Layout, PoolRows, row_products
+from ..rows import COLUMN_MULTIPLE, Layout, PoolRows, TiledRows, pad_columns, row_products
 from ..seeding import numpy_rng
 from .base import MethodOutput, Selector, register
 from .scores import score_summary
@@ -63,16 +63,6 @@ def squared_row_norms(rows: torch.Tensor) -> torch.Tensor:
     return row_products(rows.square(), ones)
 
 
-def padded_columns(matrix: torch.Tensor) -> torch.Tensor:
-    """``matrix`` (d, k) with zero columns appended up to a multiple of 8, made once so that
-    :func:`~skmm.rows.row_products` does not pad it again for every chunk."""
-    width = matrix.shape[1]
-    columns = -(-width // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
-    if columns == width:
-        return matrix.contiguous()
-    return torch.cat([matrix, matrix.new_zeros(matrix.shape[0], columns - width)], 1)
-
-
 @dataclass(frozen=True, eq=False)
 class TargetBlocks:
     """A target's rows prepared for products with pool rows: (d, k) column blocks, fixed.
@@ -98,7 +88,7 @@ class TargetBlocks:
     ) -> TargetBlocks:
         n_rows = int(rows.shape[0])
         starts = [*range(0, n_rows, TARGET_BLOCK_COLUMNS), n_rows]
-        blocks = [padded_columns(rows[a:b].T) for a, b in pairwise(starts)]
+        blocks = [pad_columns(rows[a:b].T.contiguous()) for a, b in pairwise(starts)]
         return cls(blocks, starts, n_rows, norms, center)
 
     @property
@@ -228,10 +218,10 @@ def less_scores(rows: PoolRows, target: TargetBlocks) -> np.ndarray:
     step = chunk_rows(rows.n_cols, target.block_columns)
     scores = np.empty(rows.n_rows)
     for start, chunk in pool_chunks(rows, step):
-        units = unit_rows(chunk)
+        units = TiledRows(unit_rows(chunk))  # padded to tiles once for every target block
         best = None
         for block, (a, b) in zip(target.blocks, target.spans, strict=True):
-            products = row_products(units, block)[:, : b - a].amax(dim=1)
+            products = units.products(block)[:, : b - a].amax(dim=1)
             best = products if best is None else torch.maximum(best, products)
         scores[start : start + chunk.shape[0]] = best.cpu().numpy()
     return scores
@@ -349,11 +339,12 @@ def nearest_rows(
     for start, chunk in pool_chunks(rows, step):
         shifted = chunk - target.center
         norms = squared_row_norms(shifted)
+        tiles = TiledRows(shifted)  # padded to tiles once for every target block
         taken = picked[start : start + chunk.shape[0]]
         positions = np.arange(start, start + chunk.shape[0], dtype=np.int64)
         for b in wanted:
             a, z = spans[b]
-            products = row_products(shifted, target.blocks[b])[:, : z - a]
+            products = tiles.products(target.blocks[b])[:, : z - a]
             squared = (norms - 2.0 * products + target.norms[a:z]).T.cpu().numpy()
             squared[:, taken] = np.inf
             values = np.concatenate([best[b], squared], axis=1)
