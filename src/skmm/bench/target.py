@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..api import get_method, select
 from ..io import atomic_write, read_json
 from ..seeding import numpy_rng
-from ..sketch import sketch
+from ..sketch import SketchMap
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .report import Report, plot_real, real_markdown, summarize_real
 from .tasks import Encoded, PreparedTask, hold_out_validation, prepare_task
@@ -226,7 +227,7 @@ def run_target_task(
 def probe_gradients(task: TargetTask, penalties: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """LESS's features of the pool's and the target's rows: the warm-up probe's loss gradients
     (:func:`loss_gradients`), sketched to ``WARMUP["sketch_dim"]`` columns by one Gaussian
-    map, so both live in one space.
+    map (the rows :func:`skmm.sketch` would give with seed 0), so both live in one space.
 
     The warm-up probe (:data:`WARMUP`) trains on a seeded uniform share of the pool with the
     penalty tuned for the nearest budget.
@@ -239,13 +240,18 @@ def probe_gradients(task: TargetTask, penalties: dict[str, float]) -> tuple[np.n
         task.pool.embedding[rows], task.pool.labels[rows], task.n_classes, penalties[nearest]
     )
 
+    n_cols = (task.pool.embedding.shape[1] + 1) * task.n_classes
+    sketch_map = SketchMap(n_cols, WARMUP["sketch_dim"], "gaussian", seed=0)  # Γ made once
+
     def sketched(split: Encoded) -> np.ndarray:
         parts = [
-            sketch(
-                loss_gradients(probe, split.embedding[start:stop], split.labels[start:stop]),
-                WARMUP["sketch_dim"],
-                seed=0,
+            sketch_map.apply(
+                torch.from_numpy(
+                    loss_gradients(probe, split.embedding[start:stop], split.labels[start:stop])
+                )
             )
+            .float()
+            .numpy()
             for start, stop in _pieces(len(split.labels), GRADIENT_ROWS)
         ]
         return np.concatenate(parts)
