@@ -205,10 +205,7 @@ def run_target_task(
     too_big = [n for n in budgets if n >= pool]
     if too_big:
         raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
-    tuning = PreparedTask(
-        task.name, task.pool, task.test, None, task.n_classes, {}, task.settings, task.target
-    )
-    penalties = tune_linear(tuning, sorted({*budgets, size, pool}), cache)
+    penalties = target_penalties(task, budgets, cache)
     settings = {"task": task.name, **task.settings}
     seen = (task.pool.embedding, task.target.embedding)
     if features == "gradients":
@@ -222,6 +219,17 @@ def run_target_task(
         cells += [(size, "target-only"), (pool, "full-pool")]
     grid = [("linear", n, m, s) for n, m in cells for s in range(seeds)]
     return run_grid(grid, shared, lambda key: _one_run(key, task, seen, penalties), progress)
+
+
+def target_penalties(task: TargetTask, budgets: Sequence[int], cache: Path) -> dict[str, float]:
+    """The probe's L2 penalty for each n of ``budgets``, the target set's size and the pool's:
+    :func:`~skmm.bench.training.tune_linear` on uniform pool coresets, validated on the target
+    set (cached)."""
+    tuning = PreparedTask(
+        task.name, task.pool, task.test, None, task.n_classes, {}, task.settings, task.target
+    )
+    sizes = {*budgets, len(task.target.labels), len(task.pool.labels)}
+    return tune_linear(tuning, sorted(sizes), cache)
 
 
 def probe_gradients(task: TargetTask, penalties: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
