@@ -99,3 +99,126 @@ def test_a_custom_wrapper_receives_its_mask_unchanged():
     assert not is_hugging_face_model(model) and is_hugging_face_model(tiny_bert())
     result = sketch_gradients(model, token_batches(rows=6), params="head.*", sketch_dim=4)
     assert np.isfinite(result.features).all() and result.features.shape == (6, 4)
+
+
+def tiny_causal_lm(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    base = transformers.LlamaForCausalLM(config).eval()
+    lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(base, lora)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero; give it values
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def lm_rows(lengths=(10, 7, 5, 10, 3, 8), length=10, prompt=2, seed=0):
+    """Right-padded token ids, their 2-D mask, and token labels: the ids, with -100 on the
+    padding and on the first ``prompt`` tokens (a prompt the loss does not score)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 50, (len(lengths), length), generator=gen)
+    mask = (torch.arange(length) < torch.tensor(lengths)[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :prompt] = -100
+    return ids, mask, labels
+
+
+@pytest.mark.parametrize("engine", ["auto", "vmap"])
+def test_causal_lm_token_loss_matches_its_own_loss_per_example(engine):
+    """target="loss" with token labels on a PEFT-wrapped LlamaForCausalLM: each row is the
+    gradient of the model's own (shifted, -100-ignoring) loss on that example alone, unpadded;
+    right padding is masked and attention stays causal."""
+    model = tiny_causal_lm()
+    ids, mask, labels = lm_rows()
+    names = [name for name, _ in resolve_params(model, "trainable")]
+    chosen = dict(model.named_parameters())
+    rows = []
+    for i, length in enumerate(mask.sum(1).tolist()):
+        model.zero_grad()
+        model(input_ids=ids[i : i + 1, :length], labels=labels[i : i + 1, :length]).loss.backward()
+        rows.append(torch.cat([chosen[name].grad.reshape(-1) for name in names]))
+    expected = skmm.sketch(torch.stack(rows).numpy(), 8, kind="gaussian")
+    data = [
+        {
+            "input_ids": ids[i : i + 3],
+            "attention_mask": mask[i : i + 3],
+            "labels": labels[i : i + 3],
+        }
+        for i in (0, 3)
+    ]
+    options = {"sketch_dim": 8, "sketch": "gaussian", "target": "loss", "per_sample": engine}
+    result = sketch_gradients(model, data, **options)
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-6)
+    assert result.metadata["per_sample"] == ("hooks" if engine == "auto" else "vmap")
+
+
+def test_an_example_with_no_scored_token_has_a_zero_gradient():
+    model = tiny_causal_lm()
+    ids, mask, labels = lm_rows(lengths=(6, 6, 6), length=6)
+    labels[1] = -100
+    data = [{"input_ids": ids, "attention_mask": mask, "labels": labels}]
+    result = sketch_gradients(model, data, sketch_dim=4, target="loss")
+    assert not result.features[1].any() and result.features[[0, 2]].any()
+
+
+def test_a_token_classifier_scores_each_position_unshifted():
+    """Labels (B, T) on outputs (B, T, K) of a model that is not a causal LM: position t's
+    logits score label t, no shift."""
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(20, 6)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.embed(x)))
+
+    torch.manual_seed(0)
+    model = Tagger()
+    tokens = torch.randint(0, 20, (4, 5))
+    tags = torch.randint(0, 3, (4, 5))
+    tags[0, 3:] = -100
+    rows = []
+    for i in range(4):
+        model.zero_grad()
+        keep = tags[i] != -100
+        loss = torch.nn.functional.cross_entropy(model(tokens[i : i + 1])[0][keep], tags[i][keep])
+        loss.backward()
+        rows.append(torch.cat([model.head.weight.grad.reshape(-1), model.head.bias.grad]))
+    expected = skmm.sketch(torch.stack(rows).numpy(), 4, kind="gaussian")
+    result = sketch_gradients(
+        model,
+        [({"x": tokens}, tags)],
+        params="head.*",
+        sketch_dim=4,
+        sketch="gaussian",
+        target="loss",
+    )
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_causal_mask_blocks_later_keys_and_padding():
+    from skmm.gradients.per_sample import additive_attention_mask, is_causal_lm
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    blocked = additive_attention_mask(mask, torch.float32, causal=True) < 0
+    assert blocked.shape == (2, 1, 3, 3)
+    assert blocked[0, 0].tolist() == [
+        [False, True, True],
+        [False, False, True],
+        [False, False, True],
+    ]
+    assert torch.equal(blocked[1, 0], torch.ones(3, 3, dtype=torch.bool).triu(1))
+    assert is_causal_lm(tiny_causal_lm()) and not is_causal_lm(tiny_bert())

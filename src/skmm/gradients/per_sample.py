@@ -6,7 +6,12 @@
   drawn per example. E[g gᵀ] = Jᵀ J (the Gauss–Newton / NTK second moment), what SkMM's
   variance bound is stated in; it needs no labels.
 - ``"loss"``: f_i = ℓ(o(xᵢ), yᵢ), the training loss with the true labels (cross-entropy for
-  integer labels, ½‖o − y‖² for float targets): the gradients finetuning will follow.
+  integer labels, ½‖o − y‖² for float targets): the gradients finetuning will follow. With
+  one integer label per position (labels (B, T), outputs (B, T, V): a token classifier, or a
+  causal LM with its token labels, -100 ignored as in Hugging Face), f_i is the mean
+  cross-entropy over the example's labelled positions; a causal LM (a ``…ForCausalLM``,
+  or a PEFT model wrapping one) scores position t's logits against label t + 1, as its own
+  loss does.
 - ``"loss_random"``: cross-entropy with a label drawn uniformly per example, as the paper's
   code does: label-free, and closer to the loss geometry than the Jacobian.
 
@@ -15,7 +20,8 @@ one batched forward and backward with hooks on the layers (:mod:`.hooks`) when e
 parameter belongs to a supported layer, else from ``torch.func`` (``functional_call`` +
 ``vmap(grad)``); the two agree to float32 rounding. A Hugging Face model's 2-D attention
 mask is turned into the 4-D additive float mask, since vmap cannot trace the value-dependent
-branches of the 2-D mask code. When the model is a bare ``nn.Linear`` (linear probing on
+branches of the 2-D mask code (for a causal LM, the mask of causal attention over the
+unpadded positions). When the model is a bare ``nn.Linear`` (linear probing on
 frozen features), the gradients are computed in closed form: g = (δ ⊗ x, δ) with δ = ∂f/∂o.
 """
 
@@ -36,6 +42,8 @@ from .hooks import HookedGradients, find_owners
 from .structured import KroneckerSketch
 
 TARGETS = ("jacobian", "loss", "loss_random")
+IGNORE_INDEX = -100
+"""A token label that no loss counts (Hugging Face's convention for padding and prompts)."""
 ENGINES = ("auto", "hooks", "vmap")
 RANDOM_BLOCK_ROWS = 4096
 
@@ -130,9 +138,41 @@ def is_hugging_face_model(model: nn.Module) -> bool:
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
-def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, L) 0/1 padding mask → (B, 1, 1, L) additive float mask (0 keep, dtype min drop)."""
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+def is_causal_lm(model: nn.Module) -> bool:
+    """A transformers ``…ForCausalLM``, or a PEFT model wrapping one."""
+    peft = sys.modules.get("peft")
+    if peft is not None and isinstance(model, peft.PeftModel):
+        model = model.get_base_model()
+    return is_hugging_face_model(model) and type(model).__name__.endswith("ForCausalLM")
+
+
+def additive_attention_mask(
+    mask: torch.Tensor, dtype: torch.dtype, causal: bool = False
+) -> torch.Tensor:
+    """(B, L) 0/1 padding mask → (B, 1, 1, L) additive float mask (0 keep, dtype min drop);
+    ``causal``: (B, 1, L, L), position q also blind to every key after it."""
+    keep = mask[:, None, None, :].bool()
+    if causal:
+        length = mask.shape[-1]
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return (~keep).to(dtype) * torch.finfo(dtype).min
+
+
+def token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of (…, T, V) ``logits`` against (…, T) integer ``labels`` over the
+    positions whose label is not :data:`IGNORE_INDEX`, averaged per example (0 for an example
+    with none); ``shift``: logits at t score label t + 1 (a causal LM). ``reduction="sum"``
+    sums the examples' means."""
+    if shift:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    labels = labels.long()
+    counted = labels != IGNORE_INDEX
+    picked = torch.where(counted, labels, torch.zeros_like(labels))
+    losses = -logits.log_softmax(-1).gather(-1, picked.unsqueeze(-1)).squeeze(-1)
+    per_example = (losses * counted).sum(-1) / counted.sum(-1).clamp_min(1)
+    return per_example.sum() if reduction == "sum" else per_example
 
 
 class GradientComputer:
@@ -161,6 +201,7 @@ class GradientComputer:
         self.frozen.update({name: b.detach() for name, b in model.named_buffers()})
         self.closed_form = isinstance(model, nn.Linear)
         self.hf_model = is_hugging_face_model(model)
+        self.causal = is_causal_lm(model)
         self._width: int | None = None
         self._per_example = vmap(grad(self._example_value), in_dims=(None, 0, 0, 0))
         owners = None if engine == "vmap" else find_owners(model, self.names)
@@ -249,7 +290,7 @@ class GradientComputer:
         def run() -> torch.Tensor:
             with torch.enable_grad():
                 outputs = model_outputs(self._call(state, batch.inputs))
-                return self._batch_value(outputs.reshape(batch.size, -1), labels, aux)
+                return self._batch_value(outputs, labels, aux)
 
         parts = self.hooks.contributions(run, batch.size, factored=structured is not None)
         if parts is None:
@@ -290,7 +331,10 @@ class GradientComputer:
     def _batch_value(
         self, outputs: torch.Tensor, labels: torch.Tensor, aux: torch.Tensor
     ) -> torch.Tensor:
-        """Σ_i f_i over the batch, f_i as in :meth:`_example_value`; outputs are (B, K)."""
+        """Σ_i f_i over the batch, f_i as in :meth:`_example_value`; outputs are (B, …)."""
+        if self._token_labels(outputs[0], labels[0]):
+            return token_loss(outputs, labels, self.causal, reduction="sum")
+        outputs = outputs.reshape(outputs.shape[0], -1)
         if self.target == "jacobian":
             return (outputs * aux).sum()
         if self.target == "loss_random":
@@ -310,12 +354,23 @@ class GradientComputer:
             return functional_call(self.model, state, (), self._kwargs(inputs))
         return functional_call(self.model, state, (inputs,))
 
+    def _token_labels(self, output: torch.Tensor, label: torch.Tensor) -> bool:
+        """One example's ``label`` is one integer per position of its (T, V) ``output``."""
+        return (
+            self.target == "loss"
+            and label.dim() >= 1
+            and not label.is_floating_point()
+            and output.dim() == label.dim() + 1
+            and output.shape[:-1] == label.shape
+        )
+
     def _kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = inputs.get("attention_mask")
         if not self.hf_model or mask is None or mask.dim() != 2:
             return inputs
         dtype = next(iter(self.params.values())).dtype
-        return {**inputs, "attention_mask": additive_attention_mask(mask, dtype)}
+        additive = additive_attention_mask(mask, dtype, causal=self.causal)
+        return {**inputs, "attention_mask": additive}
 
     def _aux(self, batch: Batch, start: int, width: int) -> torch.Tensor:
         """Per-row randomness: signs (jacobian), random labels (loss_random), else zeros."""
@@ -338,7 +393,10 @@ class GradientComputer:
             result = functional_call(self.model, state, (), kwargs)
         else:
             result = functional_call(self.model, state, (inputs.unsqueeze(0),))
-        output = model_outputs(result)[0].reshape(-1)
+        output = model_outputs(result)[0]
+        if self._token_labels(output, label):
+            return token_loss(output, label, self.causal)
+        output = output.reshape(-1)
         if self.target == "jacobian":
             return (output * aux).sum()
         if self.target == "loss_random":
