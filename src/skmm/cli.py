@@ -214,9 +214,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument(
         "--features",
-        choices=["embeddings", "gradients"],
-        help="what the selectors see: the embeddings, or LESS's sketched warm-up gradients "
-        "(default: embeddings for the image tasks, gradients for text-food)",
+        choices=["embeddings", "gradients", "jacobian"],
+        help="what the selectors see: the embeddings, LESS's sketched warm-up loss gradients, "
+        "or (text-food only) the warm-up model's sketched Jacobian (default: embeddings for "
+        "the image tasks, gradients for text-food)",
     )
     target.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
     target.add_argument(
@@ -482,7 +483,7 @@ def _target_command(args: argparse.Namespace) -> int:
         quick=args.quick,
         cache_dir=args.cache,
         seeds=5 if args.seeds is None else args.seeds,
-        features=args.features or "embeddings",
+        features=_image_features(args.features),
         image_size=args.image_size,
         progress=False if args.quiet else None,
         **given,
@@ -490,6 +491,15 @@ def _target_command(args: argparse.Namespace) -> int:
     print(report.markdown)
     print("written: " + ", ".join(str(path) for path in report.files))
     return 0
+
+
+def _image_features(features: str | None) -> str:
+    if features == "jacobian":
+        raise ValueError(
+            "--features jacobian is for text-food; the image tasks' probe has "
+            "embeddings as its Jacobian (use --features embeddings)"
+        )
+    return features or "embeddings"
 
 
 def _text_target_command(args: argparse.Namespace) -> int:

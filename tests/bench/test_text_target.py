@@ -10,7 +10,13 @@ import torch
 import skmm
 import skmm.cli
 from skmm.bench import text_target
-from skmm.bench.text_target import DOMAINS, _coreset, load_domains, prepare_text_target
+from skmm.bench.text_target import (
+    DOMAINS,
+    _coreset,
+    gradient_features,
+    load_domains,
+    prepare_text_target,
+)
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -75,6 +81,20 @@ def test_the_domain_oracle_trains_on_food_rows_and_targeted_methods_see_the_targ
     assert len(_coreset(task, (pool, target), 60, "full-pool", seed=0)) == 60
 
 
+def test_gradient_features_of_both_kinds_share_one_map_and_are_cached(tiny_lm, tmp_path):
+    task = prepare_text_target(
+        tmp_path, sizes={"food": 10, "tweets": 10, "movies": 10}, target_rows=6, test_rows=6
+    )
+    hyper = {**text_target.LORA_FINETUNE, **text_target.QUICK_TEXT["schedule"]}
+    loss = gradient_features(task, hyper, tmp_path, "loss")
+    jacobian = gradient_features(task, hyper, tmp_path, "jacobian")
+    assert loss[0].shape == jacobian[0].shape == (30, 256)
+    assert loss[1].shape == (6, 256) and not np.allclose(loss[0], jacobian[0])
+    assert len(list(tmp_path.glob("text-target-grads-*.npz"))) == 2
+    again = gradient_features(task, hyper, tmp_path, "jacobian")  # from the cache
+    np.testing.assert_array_equal(again[0], jacobian[0])
+
+
 def test_quick_report_runs_every_method_and_reference_and_resumes(tiny_lm, tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["bench", "target", "--task", "text-food", "--quick", "--quiet"]
@@ -92,6 +112,12 @@ def test_quick_report_runs_every_method_and_reference_and_resumes(tiny_lm, tmp_p
     assert skmm.cli.main([*args, "--out", str(out), "--cache", str(cache)]) == 0
     with open(out / "runs.csv") as stream:
         assert len(list(csv.DictReader(stream))) == len(runs)  # resumed: nothing rerun
+
+
+def test_the_image_tasks_refuse_jacobian_features(capsys):
+    code = skmm.cli.main(["bench", "target", "--features", "jacobian", "--quick"])
+    assert code == 2
+    assert "--features jacobian is for text-food" in capsys.readouterr().err
 
 
 def test_text_food_refuses_a_pool_limit(capsys):

@@ -140,7 +140,7 @@ def run_real(
         penalties = tune_linear(task, [*budgets, pool] if references else budgets, cache)
         settings.update(penalty_grid=list(PENALTY_GRID), penalties=penalties)
     if "finetune" in protocols:
-        tuning = tune_finetune(task, hyper, cache) if tune else None
+        tuning = tune_finetune(task, hyper, cache, progress) if tune else None
         if tuning is not None:
             hyper.update(lr_body=tuning["lr_body"], lr_head=tuning["lr_head"])
         settings.update(finetune=hyper, tuning=tuning, sketch_dim=SKETCH_DIM)

@@ -18,8 +18,10 @@ is the constrained answer's accuracy (and macro-F1) on the test split.
 
 What the selectors see (``features``): ``gradients``, LESS's features (per-row LoRA gradients
 of the answer loss after a warm-up finetune on a uniform 5% of the pool, sketched by
-:func:`skmm.sketch_gradients` with one map for the pool and the target set), or
-``embeddings`` (the frozen model's final hidden state at the prompt's last token).
+:func:`skmm.sketch_gradients` with one map for the pool and the target set), ``jacobian``
+(the same warm-up model's random-sign Jacobian sketches, label-free: the features SkMM's
+bound is stated in), or ``embeddings`` (the frozen model's final hidden state at the prompt's
+last token).
 References: ``zero-shot`` (the base model, untrained), ``pool-target-domain`` (uniform over
 the pool's food rows: a domain oracle no selector has), ``target-only`` (the target set, a
 fixed schedule with no early stopping, since it would validate on its own rows) and
@@ -90,7 +92,8 @@ CEILINGS = {
     "full-pool": "Full pool",
 }
 DEFAULT_BUDGETS = (50, 100, 200, 500)
-FEATURES = ("gradients", "embeddings")
+FEATURES = {"gradients": "loss", "jacobian": "jacobian", "embeddings": None}
+"""Each feature kind, and the ``sketch_gradients`` target behind it (None: no gradients)."""
 QUICK_TEXT = {
     "sizes": {"food": 40, "tweets": 40, "movies": 40},
     "target_rows": 24,
@@ -231,14 +234,19 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def gradient_features(
-    task: TextTargetTask, hyper: dict[str, Any], cache: Path, progress: bool | None = None
+    task: TextTargetTask,
+    hyper: dict[str, Any],
+    cache: Path,
+    target: str = "loss",
+    progress: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """LESS's features (:data:`GRADIENT_FEATURES`) of the pool's and the target's rows,
-    sketched with one map; cached."""
+    """Sketched per-row LoRA gradients (``target`` as in :func:`skmm.sketch_gradients`) of
+    the pool's and the target's rows after LESS's warm-up (:data:`GRADIENT_FEATURES`), one
+    map for both; cached."""
     from ..gradients import sketch_gradients
 
     spec = GRADIENT_FEATURES
-    key = json.dumps([task.settings, hyper, spec], sort_keys=True)
+    key = json.dumps([task.settings, hyper, spec, target], sort_keys=True)
     path = cache / f"text-target-grads-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as stored:
@@ -252,7 +260,7 @@ def gradient_features(
         "sketch_dim": spec["sketch_dim"],
         "sketch": spec["sketch"],
         "seed": spec["seed"],
-        "target": "loss",
+        "target": target,
         "progress": progress,
     }
     features = [
@@ -299,10 +307,10 @@ def run_text_target(
     tuning = PreparedTask(
         task.name, task.pool, task.test, task.base, 2, recipe, task.settings, task.target
     )
-    tuned = tune_finetune(tuning, recipe, cache)
+    tuned = tune_finetune(tuning, recipe, cache, progress)
     hyper = {**recipe, "lr_body": tuned["lr_body"], "lr_head": tuned["lr_head"]}
-    if features == "gradients":
-        seen = gradient_features(task, hyper, cache, progress)
+    if FEATURES[features] is not None:
+        seen = gradient_features(task, hyper, cache, FEATURES[features], progress)
     else:
         seen = (task.pool.embedding, task.target.embedding)
     settings = {
@@ -313,7 +321,7 @@ def run_text_target(
         "tuning": tuned,
         "sketch_dim": GRADIENT_FEATURES["sketch_dim"],
     }
-    if features == "gradients":
+    if FEATURES[features] is not None:
         settings["warmup"] = GRADIENT_FEATURES
     shared = None if journal is None else Journal(Path(journal), settings)
     cells = [(n, m) for n in budgets for m in methods]
@@ -398,11 +406,13 @@ def text_target_report(
     counts = sorted({s.seeds for s in summaries if s.method != "zero-shot"})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     seen = "the frozen model's last-token embeddings"
-    if settings["features"] == "gradients":
+    if "warmup" in settings:
         warmup = settings["warmup"]
+        kind = {"gradients": "answer loss", "jacobian": "random-sign Jacobian"}
         seen = (
-            f"LoRA gradients of the answer loss after a warm-up finetune on a uniform "
-            f"{warmup['fraction']:.0%} of the pool, sketched to {warmup['sketch_dim']} columns"
+            f"LoRA gradients of the {kind[settings['features']]} after a warm-up finetune on a "
+            f"uniform {warmup['fraction']:.0%} of the pool, sketched to "
+            f"{warmup['sketch_dim']} columns"
         )
     pool = ", ".join(f"{domain} {rows:,}" for domain, rows in settings["pool"].items())
     header = (

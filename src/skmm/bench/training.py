@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import read_json, write_json
+from ..progress import progress_bar
 from ..seeding import derive_seed, numpy_rng
 from .tasks import Encoded, PreparedTask
 
@@ -234,7 +235,9 @@ def predict(
     return np.concatenate(parts)
 
 
-def tune_finetune(task: PreparedTask, hyper: dict[str, Any], cache: Path) -> dict[str, Any]:
+def tune_finetune(
+    task: PreparedTask, hyper: dict[str, Any], cache: Path, progress: bool | None = None
+) -> dict[str, Any]:
     """Learning rates for ``finetune``, chosen without the test split; cached as JSON.
 
     For each scale s of :data:`TUNING` (both learning rates × s) and a few seeds, a uniform
@@ -248,14 +251,21 @@ def tune_finetune(task: PreparedTask, hyper: dict[str, Any], cache: Path) -> dic
     if path.exists():
         return read_json(path)
     accuracy = {}
-    for scale in TUNING["lr_scales"]:
-        scaled = {**hyper, "lr_body": hyper["lr_body"] * scale, "lr_head": hyper["lr_head"] * scale}
-        values = []
-        for seed in range(TUNING["seeds"]):
-            rows, held_out = _validation(task, budget, seed, "tune")
-            model = finetune(task.base, task.train, rows, seed, scaled, held_out).model
-            values.append(float(np.mean(predict(model, held_out) == held_out.labels)))
-        accuracy[str(scale)] = float(np.mean(values))
+    runs = len(TUNING["lr_scales"]) * TUNING["seeds"]
+    with progress_bar(runs, "tune learning rate", progress, unit="run") as bar:
+        for scale in TUNING["lr_scales"]:
+            scaled = {
+                **hyper,
+                "lr_body": hyper["lr_body"] * scale,
+                "lr_head": hyper["lr_head"] * scale,
+            }
+            values = []
+            for seed in range(TUNING["seeds"]):
+                rows, held_out = _validation(task, budget, seed, "tune")
+                model = finetune(task.base, task.train, rows, seed, scaled, held_out).model
+                values.append(float(np.mean(predict(model, held_out) == held_out.labels)))
+                bar.update(1)
+            accuracy[str(scale)] = float(np.mean(values))
     best = max(TUNING["lr_scales"], key=lambda scale: accuracy[str(scale)])
     result = {
         "lr_scale": best,
