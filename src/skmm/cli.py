@@ -230,6 +230,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--limit-train", type=int, help="pool: the first rows of the training split"
     )
     target.add_argument("--limit-test", type=int, help="use only the first rows of the test split")
+    target.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the reference runs (oracle, target set only, full pool, zero-shot): they "
+        "do not depend on --features, so one grid of each task can hold them",
+    )
     target.add_argument("--quick", action="store_true", help="tiny pool, one seed (smoke test)")
     target.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -484,6 +490,7 @@ def _target_command(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         seeds=5 if args.seeds is None else args.seeds,
         features=_image_features(args.features),
+        references=not args.no_references,
         image_size=args.image_size,
         progress=False if args.quiet else None,
         **given,
@@ -515,6 +522,7 @@ def _text_target_command(args: argparse.Namespace) -> int:
         seeds=3 if args.seeds is None else args.seeds,
         features=args.features or "gradients",
         test_rows=args.limit_test,
+        references=not args.no_references,
         progress=False if args.quiet else None,
         **given,
     )

@@ -198,9 +198,10 @@ def plot_real(
     path: Path,
     title: str,
     ceilings: dict[str, str] = CEILINGS,
+    highlight: str = "skmm",
 ) -> None:
     """Accuracy against n (log scale) per protocol, ±1 std shaded, ``ceilings`` as horizontal
-    lines; PNG written atomically."""
+    lines, the ``highlight`` method drawn thick and black; PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,14 +231,14 @@ def plot_real(
                 (s.n, s.accuracy_mean, s.accuracy_std) for s in rows if s.method == method
             )
             n, mean, std = (np.array(column) for column in zip(*points, strict=True))
-            width = 2.8 if method == "skmm" else 1.2
+            width = 2.8 if method == highlight else 1.2
             axis.plot(
                 n,
                 mean,
                 marker="o",
                 linewidth=width,
                 linestyle=styles[method],
-                color="black" if method == "skmm" else colors[method],
+                color="black" if method == highlight else colors[method],
                 label=method,
             )
             axis.fill_between(n, mean - std, mean + std, alpha=0.1, color=colors[method])

@@ -428,5 +428,11 @@ def text_target_report(
     markdown = header + real_markdown(summaries, runs, ceilings=CEILINGS, baselines=baselines)
     with atomic_write(out / "table.md", "w") as stream:
         stream.write(markdown)
-    plot_real(summaries, out / "accuracy.png", settings["task"], ceilings=CEILINGS)
+    plot_real(
+        summaries,
+        out / "accuracy.png",
+        settings["task"],
+        ceilings=CEILINGS,
+        highlight="skmm-targeted",
+    )
     return Report(markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"])
