@@ -32,6 +32,10 @@ class InputError(Exception):
     """A problem with what the user asked for, reported without a traceback."""
 
 
+TARGET_TASK_NAMES = ("fashion-mnist-tops", "fashion-mnist-shift", "text-food")
+"""The tasks of ``skmm bench target`` (bench.target.TARGET_TASKS and bench.text_target's)."""
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     name, sep, raw = text.partition("=")
     if not sep or not name:
@@ -200,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--task",
         default="fashion-mnist-tops",
+        choices=TARGET_TASK_NAMES,
         help="fashion-mnist-tops (four classes), fashion-mnist-shift (a shifted class mix) or "
         "text-food (SmolLM2 with LoRA; a pool of three text tasks, the food reviews the target)",
     )
@@ -474,7 +479,9 @@ def _bench_command(args: argparse.Namespace) -> int:
 
 
 def _target_command(args: argparse.Namespace) -> int:
-    if args.task == "text-food":
+    from .bench.text_target import TEXT_TASKS
+
+    if args.task in TEXT_TASKS:
         return _text_target_command(args)
     from .bench.target import target_report
 

@@ -124,3 +124,9 @@ def test_text_food_refuses_a_pool_limit(capsys):
     code = skmm.cli.main(["bench", "target", "--task", "text-food", "--limit-train", "10"])
     assert code == 2
     assert "--limit-train does not apply to text-food" in capsys.readouterr().err
+
+
+def test_the_cli_offers_every_targeted_task():
+    from skmm.bench.target import TARGET_TASKS
+
+    assert skmm.cli.TARGET_TASK_NAMES == (*TARGET_TASKS, *text_target.TEXT_TASKS)

@@ -324,13 +324,14 @@ def run_text_target(
     if FEATURES[features] is not None:
         settings["warmup"] = GRADIENT_FEATURES
     shared = None if journal is None else Journal(Path(journal), settings)
-    cells = [(n, m) for n in budgets for m in methods]
-    if references:
-        cells += [(n, "pool-target-domain") for n in budgets]
-        cells += [(len(task.target.labels), "target-only"), (pool, "full-pool")]
-    grid = [("finetune", n, m, s) for n, m in cells for s in range(seeds)]
-    if references:  # the untrained model has no seed
-        grid.append(("finetune", 0, "zero-shot", 0))
+    grid = []
+    if references:  # first, so that a grid cut short still shows whether training learns
+        grid.append(("finetune", 0, "zero-shot", 0))  # the untrained model has no seed
+        for n, reference in ((len(task.target.labels), "target-only"), (pool, "full-pool")):
+            grid += [("finetune", n, reference, s) for s in range(seeds)]
+    for n in budgets:
+        cell = [*methods, "pool-target-domain"] if references else list(methods)
+        grid += [("finetune", n, m, s) for m in cell for s in range(seeds)]
     return run_grid(grid, shared, lambda key: _one_run(key, task, seen, hyper), progress)
 
 
