@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from skmm.bench.tasks import Encoded
@@ -63,7 +64,7 @@ def test_finetuning_keeps_its_best_validated_state_and_stops_when_it_stops_impro
     result = finetune(TinyClassifier(), train, rows, 0, hyper, validation)
     assert result.steps == 40 and result.best_step % 5 == 0
     kept = np.mean(predict(result.model, validation) == validation.labels)
-    assert kept == result.validation_accuracy > 0.9  # the kept state is the best one scored
+    assert kept == result.validation_score > 0.9  # the kept state is the best one scored
     again = finetune(TinyClassifier(), train, rows, 0, hyper, validation)
     assert again.best_step == result.best_step  # reproducible
     # nothing to learn (lr 0): the first score is never beaten, so it stops after `patience`
@@ -72,4 +73,18 @@ def test_finetuning_keeps_its_best_validated_state_and_stops_when_it_stops_impro
     assert (stopped.steps, stopped.best_step) == (15, 5)
     # without a validation split every step runs and the last state is kept
     plain = finetune(TinyClassifier(), train, rows, 0, hyper)
-    assert (plain.steps, plain.best_step, plain.validation_accuracy) == (40, 40, None)
+    assert (plain.steps, plain.best_step, plain.validation_score) == (40, 40, None)
+
+
+def test_early_stopping_on_the_validation_loss_keeps_the_lowest_cross_entropy():
+    train, validation = blobs(64, 0), blobs(40, 1)
+    rows = np.arange(64)
+    hyper = {**HYPER, "lr_body": 0.0, "lr_head": 0.1, "patience": 100, "stop_on": "loss"}
+    result = finetune(TinyClassifier(), train, rows, 0, hyper, validation)
+    with torch.no_grad():
+        logits = result.model(**validation.tensors(np.arange(40)))
+        loss = float(F.cross_entropy(logits, torch.from_numpy(validation.labels)))
+    assert result.validation_score == pytest.approx(-loss, rel=1e-5)
+    assert result.validation_score < 0
+    with pytest.raises(ValueError, match="stop_on"):
+        finetune(TinyClassifier(), train, rows, 0, {**hyper, "stop_on": "f1"}, validation)

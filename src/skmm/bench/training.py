@@ -168,7 +168,8 @@ class Finetuned:
     model: nn.Module
     steps: int
     best_step: int
-    validation_accuracy: float | None
+    validation_score: float | None
+    """The kept state's validation accuracy, or minus its mean cross-entropy (stop_on="loss")."""
 
 
 def finetune(
@@ -181,8 +182,10 @@ def finetune(
 ) -> Finetuned:
     """AdamW on the coreset rows for :func:`schedule_steps` steps, with early stopping.
 
-    Every ``eval_every`` steps (and at the last) the model is scored on ``validation``; the
-    best state (the first of equal accuracy) is kept, and training stops after ``patience``
+    Every ``eval_every`` steps (and at the last) the model is scored on ``validation`` (by
+    accuracy, or with ``hyper["stop_on"] == "loss"`` by mean cross-entropy, which moves
+    smoothly where accuracy sits at a class's share for a while); the best state (the first
+    of equal score) is kept, and training stops after ``patience``
     scores without a better one. Without ``validation`` it trains every step and keeps the
     last state. Batches are drawn without replacement within a step from a seeded
     generator; dropout draws from a torch generator seeded by ``seed``: a run is
@@ -208,10 +211,10 @@ def finetune(
             optimizer.step()
             if validation is None or (step % hyper["eval_every"] and step < steps):
                 continue
-            accuracy = float(np.mean(predict(model.eval(), validation) == validation.labels))
+            score = _validation_score(model.eval(), validation, hyper.get("stop_on", "accuracy"))
             model.train()
-            if best is None or accuracy > best[0]:
-                best, waited = (accuracy, step, copy.deepcopy(model.state_dict())), 0
+            if best is None or score > best[0]:
+                best, waited = (score, step, copy.deepcopy(model.state_dict())), 0
             else:
                 waited += 1
                 if waited >= hyper["patience"]:
@@ -220,6 +223,22 @@ def finetune(
         return Finetuned(model.eval(), step, step, None)
     model.load_state_dict(best[2])
     return Finetuned(model.eval(), step, best[1], best[0])
+
+
+@torch.no_grad()
+def _validation_score(model: nn.Module, split: Encoded, stop_on: str) -> float:
+    """Higher is better: accuracy, or minus the mean cross-entropy (``stop_on="loss"``)."""
+    if stop_on == "accuracy":
+        return float(np.mean(predict(model, split) == split.labels))
+    if stop_on != "loss":
+        raise ValueError(f"stop_on must be 'accuracy' or 'loss', got {stop_on!r}")
+    total = 0.0
+    for start in range(0, len(split.labels), 256):
+        rows = np.arange(start, min(start + 256, len(split.labels)))
+        logits = model(**split.tensors(rows))
+        labels = torch.from_numpy(split.labels[rows])
+        total += float(F.cross_entropy(logits, labels, reduction="sum"))
+    return -total / len(split.labels)
 
 
 @torch.no_grad()
