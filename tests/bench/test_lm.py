@@ -11,26 +11,12 @@ from skmm.bench.tasks import Encoded
 from skmm.bench.text_target import _Rows
 from skmm.gradients import sketch_gradients
 from skmm.sketch import SketchMap
+from tiny_models import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 ANSWER_IDS = [7, 9]
-
-
-def tiny_llama(layers=3, seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def prompts(rows=6, length=12, seed=0):

@@ -5,7 +5,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 import skmm
 import skmm.cli
@@ -17,6 +16,7 @@ from skmm.bench.text_target import (
     load_domains,
     prepare_text_target,
 )
+from tiny_models import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -30,18 +30,7 @@ def tiny_lm(monkeypatch):
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         minilm.get_model_path(), local_files_only=True
     )
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(vocab_size=tokenizer.vocab_size, hidden=16, layers=2)
     monkeypatch.setattr(text_target, "load_smollm2", lambda cache: (tokenizer, model))
     monkeypatch.setitem(text_target.TEXT_TARGET, "first", 1)
     monkeypatch.setitem(text_target.TEXT_TARGET, "max_length", 24)

@@ -7,7 +7,7 @@ import torch
 import skmm
 from skmm.gradients import sketch_gradients
 from skmm.gradients.params import resolve_params
-from tiny_models import tiny_bert
+from tiny_models import tiny_bert, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -102,17 +102,7 @@ def test_a_custom_wrapper_receives_its_mask_unchanged():
 
 
 def tiny_causal_lm(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
-    base = transformers.LlamaForCausalLM(config).eval()
+    base = tiny_llama(vocab_size=50, hidden=16, layers=2, seed=seed)
     lora = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     model = peft.get_peft_model(base, lora)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -254,6 +254,24 @@ def plot_real(
     plt.close(figure)
 
 
+def targeted_report(
+    out: Path,
+    header: str,
+    runs: Sequence[RealRun],
+    title: str,
+    ceilings: dict[str, str],
+) -> Report:
+    """A targeted grid's table.md (``header``, then the tables with paired differences to
+    each of uniform, less and knn that ran) and accuracy.png (skmm-targeted highlighted)."""
+    summaries = summarize_real(runs)
+    baselines = [b for b in ("uniform", "less", "knn") if any(r.method == b for r in runs)]
+    markdown = header + real_markdown(summaries, runs, ceilings=ceilings, baselines=baselines)
+    with atomic_write(out / "table.md", "w") as stream:
+        stream.write(markdown)
+    plot_real(summaries, out / "accuracy.png", title, ceilings=ceilings, highlight="skmm-targeted")
+    return Report(markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"])
+
+
 def training_line(settings: dict[str, Any]) -> str:
     """How the models were trained, from the journal's settings."""
     penalties = settings.get("penalties")

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from ..api import get_method, select
-from ..io import atomic_write, read_json
+from ..io import read_json
 from ..seeding import numpy_rng
 from ..sketch import SketchMap
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
-from .report import Report, plot_real, real_markdown, summarize_real
+from .report import Report, summarize_real, targeted_report
 from .tasks import Encoded, PreparedTask, hold_out_validation, prepare_task
 from .training import PENALTY_GRID, StandardizedLogistic, scores, train_linear, tune_linear
 
@@ -389,11 +389,4 @@ def target_report(
         f"{time.perf_counter() - began:.0f} s. L2 penalty tuned on uniform coresets of the "
         f"pool by the cross-entropy on the target rows: {penalties}.\n\n"
     )
-    baselines = [b for b in ("uniform", "less", "knn") if any(r.method == b for r in runs)]
-    markdown = header + real_markdown(summaries, runs, ceilings=CEILINGS, baselines=baselines)
-    with atomic_write(out / "table.md", "w") as stream:
-        stream.write(markdown)
-    plot_real(
-        summaries, out / "accuracy.png", task_name, ceilings=CEILINGS, highlight="skmm-targeted"
-    )
-    return Report(markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"])
+    return targeted_report(out, header, runs, task_name, CEILINGS)

@@ -44,11 +44,11 @@ import torch
 
 from ..api import select
 from ..inputs import MissingDependencyError
-from ..io import atomic_write, read_json, write_npz
+from ..io import read_json, write_npz
 from ..seeding import numpy_rng
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .lm import AnswerModel, answer_token_ids, encode_prompts, load_smollm2, tokenize_prompts
-from .report import Report, plot_real, real_markdown, summarize_real
+from .report import Report, summarize_real, targeted_report
 from .target import METHODS, TARGETED
 from .tasks import Encoded, PreparedTask, cached_encoding
 from .training import finetune, predict, schedule_steps, scores, tune_finetune
@@ -429,15 +429,4 @@ def text_target_report(
         f"{seeds} seed(s); learning rate {settings['finetune']['lr_body']:g} (tuned on "
         f"uniform coresets by target-set accuracy); {time.perf_counter() - began:.0f} s.\n\n"
     )
-    baselines = [b for b in ("uniform", "less", "knn") if any(r.method == b for r in runs)]
-    markdown = header + real_markdown(summaries, runs, ceilings=CEILINGS, baselines=baselines)
-    with atomic_write(out / "table.md", "w") as stream:
-        stream.write(markdown)
-    plot_real(
-        summaries,
-        out / "accuracy.png",
-        settings["task"],
-        ceilings=CEILINGS,
-        highlight="skmm-targeted",
-    )
-    return Report(markdown, [out / "table.md", out / "runs.csv", out / "accuracy.png"])
+    return targeted_report(out, header, runs, settings["task"], CEILINGS)
