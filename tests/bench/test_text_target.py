@@ -96,7 +96,7 @@ def test_quick_report_runs_every_method_and_reference_and_resumes(tiny_lm, tmp_p
     assert [row["n"] for row in runs if row["method"] == "zero-shot"] == ["0"]
     assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in runs)
     table = (out / "table.md").read_text()
-    assert "Base model, untrained" in table and "accuracy − less's" in table
+    assert "Base model, untrained (0 rows, the floor)" in table and "accuracy − less's" in table
     assert list(cache.glob("text-target-grads-*.npz"))  # LESS's features, cached
     assert skmm.cli.main([*args, "--out", str(out), "--cache", str(cache)]) == 0
     with open(out / "runs.csv") as stream:

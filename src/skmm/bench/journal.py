@@ -40,6 +40,30 @@ class RealRun:
     steps: int = 0
     """Finetuning steps to the kept (best validated) state; 0 for the linear probe."""
 
+    @classmethod
+    def of(
+        cls,
+        task: str,
+        key: tuple[str, int, str, int],
+        metrics: dict[str, float],
+        select_seconds: float,
+        train_seconds: float,
+        steps: int = 0,
+    ) -> RealRun:
+        """The run of grid ``key`` (protocol, n, method, seed) on ``task``."""
+        protocol, n, method, seed = key
+        return cls(
+            task,
+            protocol,
+            method,
+            n,
+            seed,
+            **metrics,
+            select_seconds=select_seconds,
+            train_seconds=train_seconds,
+            steps=steps,
+        )
+
 
 PROTOCOL_SETTINGS = {
     "linear": ("penalty_grid", "penalties"),

@@ -213,16 +213,13 @@ def _one_run(
         trained = finetune(task.base, train, rows, seed, hyper, task.validation)
         predicted, steps = predict(trained.model, test), trained.best_step
     metrics = scores(predicted, test.labels, task.n_classes)
-    return RealRun(
+    return RealRun.of(
         task.name,
-        protocol,
-        method,
-        n,
-        seed,
-        **metrics,
-        select_seconds=select_seconds,
-        train_seconds=time.perf_counter() - began,
-        steps=steps,
+        (protocol, n, method, seed),  # the targeted grids' key order
+        metrics,
+        select_seconds,
+        time.perf_counter() - began,
+        steps,
     )
 
 

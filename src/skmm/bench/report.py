@@ -153,6 +153,8 @@ def _ceiling_lines(
         if reference is None:
             continue
         what = "the ceiling" if source == protocol else "the linear probe on the same pool"
+        if not reference.n:
+            what = "the floor"  # nothing trained: the model before finetuning
         lines.append(
             f"{ceilings.get(method, 'Full pool')} ({reference.n:,} rows, {what}): "
             f"{getattr(reference, f'{metric}_mean'):.3f} ± "

@@ -289,7 +289,7 @@ def _one_run(
     seen: tuple[np.ndarray, np.ndarray],
     penalties: dict[str, float],
 ) -> RealRun:
-    protocol, n, method, seed = key
+    _, n, method, seed = key
     began = time.perf_counter()
     if method == "target-only":
         embedding, labels = task.target.embedding, task.target.labels
@@ -301,16 +301,7 @@ def _one_run(
     probe = train_linear(embedding, labels, task.n_classes, penalties[str(n)])
     predicted = probe.logits(task.test.embedding).argmax(1).numpy()
     metrics = target_scores(predicted, task.test.labels, task.classes)
-    return RealRun(
-        task.name,
-        protocol,
-        method,
-        n,
-        seed,
-        **metrics,
-        select_seconds=select_seconds,
-        train_seconds=time.perf_counter() - began,
-    )
+    return RealRun.of(task.name, key, metrics, select_seconds, time.perf_counter() - began)
 
 
 def _coreset(

@@ -345,7 +345,7 @@ def _one_run(
     seen: tuple[np.ndarray, np.ndarray],
     hyper: dict[str, Any],
 ) -> RealRun:
-    protocol, n, method, seed = key
+    _, n, method, seed = key
     began = time.perf_counter()
     steps = 0
     if method == "zero-shot":
@@ -364,17 +364,7 @@ def _one_run(
         select_seconds = 0.0
     predicted = predict(model, task.test)
     metrics = scores(predicted, task.test.labels, 2)
-    return RealRun(
-        task.name,
-        protocol,
-        method,
-        n,
-        seed,
-        **metrics,
-        select_seconds=select_seconds,
-        train_seconds=time.perf_counter() - began,
-        steps=steps,
-    )
+    return RealRun.of(task.name, key, metrics, select_seconds, time.perf_counter() - began, steps)
 
 
 def _coreset(
