@@ -7,11 +7,15 @@
 - ``food``: the food reviews' MiniLM embeddings: for uniform, SkMM (with and without labels)
   and facility location, the majority-class share and the median distance of the coreset's
   rows to the pool mean relative to the pool's median.
+- ``text``: the targeted text task ``text-food`` on LESS's loss gradients and on Jacobian
+  sketches: for each selector, the share of food reviews (the target's domain) and of " yes"
+  answers in the coreset, and its median feature norm relative to the pool's.
 
-Both read the real benchmark's cache (``skmm bench real`` / ``skmm bench target`` fill it).
+All read the benchmarks' cache (``skmm bench real`` / ``skmm bench target`` fill it).
 
     python benchmarks/diagnose_coresets.py target
     python benchmarks/diagnose_coresets.py food --seeds 3
+    python benchmarks/diagnose_coresets.py text
 """
 
 from __future__ import annotations
@@ -87,17 +91,46 @@ def food(cache: Path, seeds: int) -> None:
             )
 
 
+def text(cache: Path, seed: int) -> None:
+    from skmm.bench.text_target import prepare_text_target, selector_features, tuned_recipe
+
+    task = prepare_text_target(cache, progress=False)
+    _, hyper = tuned_recipe(task, cache)
+    food = task.domains == "food"
+    print(f"pool: food share {food.mean():.2f}, yes share {task.pool.labels.mean():.2f}")
+    for features in ("gradients", "jacobian"):
+        pool, target_rows = selector_features(task, features, hyper, cache)
+        norms = np.linalg.norm(pool, axis=1)
+        runs = [
+            ("uniform", {"method": "uniform"}),
+            ("less", {"method": "less", "target": target_rows}),
+            ("knn", {"method": "knn", "target": target_rows}),
+            ("skmm-targeted", {"target": target_rows}),
+            ("skmm", {}),
+        ]
+        for n in (50, 200):
+            for name, options in runs:
+                rows = skmm.select(pool, n, random_state=seed, **options).indices
+                ratio = np.median(norms[rows]) / np.median(norms)
+                print(
+                    f"{features}, n = {n} {name}: food {food[rows].mean():.2f}, yes "
+                    f"{task.pool.labels[rows].mean():.2f}, median norm ratio {ratio:.1f}"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", choices=["target", "food"])
+    parser.add_argument("study", choices=["target", "food", "text"])
     parser.add_argument("--cache", type=Path, default=Path("bench-out/cache"))
-    parser.add_argument("--seed", type=int, default=0, help="target: the selection seed")
+    parser.add_argument("--seed", type=int, default=0, help="target, text: the selection seed")
     parser.add_argument("--seeds", type=int, default=3, help="food: seeds averaged")
     args = parser.parse_args()
     print(f"# {machine()}")
     warnings.simplefilter("ignore", SelectionWarning)
     if args.study == "target":
         target(args.cache, args.seed)
+    elif args.study == "text":
+        text(args.cache, args.seed)
     else:
         food(args.cache, args.seeds)
 

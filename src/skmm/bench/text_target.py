@@ -223,6 +223,35 @@ def prepare_text_target(
     return TextTargetTask("text-food", pool, domains, target, test, base, settings)
 
 
+def tuned_recipe(
+    task: TextTargetTask,
+    cache: Path,
+    schedule: dict[str, int] | None = None,
+    progress: bool | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The learning-rate tuning (cached) and the recipe it gives: :data:`LORA_FINETUNE` with
+    ``schedule``'s entries and the tuned rate."""
+    recipe = {**LORA_FINETUNE, **(schedule or {})}
+    tuning = PreparedTask(
+        task.name, task.pool, task.test, task.base, 2, recipe, task.settings, task.target
+    )
+    tuned = tune_finetune(tuning, recipe, cache, progress)
+    return tuned, {**recipe, "lr_body": tuned["lr_body"], "lr_head": tuned["lr_head"]}
+
+
+def selector_features(
+    task: TextTargetTask,
+    features: str,
+    hyper: dict[str, Any],
+    cache: Path,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the selectors see of the pool and the target set (:data:`FEATURES`)."""
+    if FEATURES[features] is None:
+        return task.pool.embedding, task.target.embedding
+    return gradient_features(task, hyper, cache, FEATURES[features], progress)
+
+
 class _Rows(torch.utils.data.Dataset):
     """Rows of an encoded split as ({"hidden", "position"}, label) for sketch_gradients."""
 
@@ -307,16 +336,8 @@ def run_text_target(
     too_big = [n for n in budgets if n >= pool]
     if too_big:
         raise ValueError(f"budgets {too_big} must be below the pool size {pool}")
-    recipe = {**LORA_FINETUNE, **(schedule or {})}
-    tuning = PreparedTask(
-        task.name, task.pool, task.test, task.base, 2, recipe, task.settings, task.target
-    )
-    tuned = tune_finetune(tuning, recipe, cache, progress)
-    hyper = {**recipe, "lr_body": tuned["lr_body"], "lr_head": tuned["lr_head"]}
-    if FEATURES[features] is not None:
-        seen = gradient_features(task, hyper, cache, FEATURES[features], progress)
-    else:
-        seen = (task.pool.embedding, task.target.embedding)
+    tuned, hyper = tuned_recipe(task, cache, schedule, progress)
+    seen = selector_features(task, features, hyper, cache, progress)
     settings = {
         "task": task.name,
         **task.settings,
