@@ -40,6 +40,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -462,7 +463,7 @@ def smollm2_workload(n_rows: int, batch_size: int, seq_len: int, cache: str) -> 
     from skmm.inputs import MissingDependencyError
 
     try:
-        tokenizer, base = load_smollm2(cache + "/models")
+        tokenizer, base = load_smollm2(Path(cache) / "models")
     except MissingDependencyError as exc:
         return f"SmolLM2 skipped: {exc}"
     first = len(base.model.layers) - 2
@@ -665,7 +666,11 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["minilm", "cnn", "smollm2", "memory"]
     )
-    parser.add_argument("--cache", default="bench-out/cache", help="SmolLM2's converted copy")
+    parser.add_argument(
+        "--cache",
+        default=str(Path(__file__).resolve().parent.parent / "bench-out" / "cache"),
+        help="where SmolLM2's converted copy is cached (default: the repository's bench-out/cache)",
+    )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     set_threads(args.threads)
