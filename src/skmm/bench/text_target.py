@@ -12,9 +12,10 @@ The pool mixes seeded draws of all three (:data:`TEXT_TARGET`); the target task 
 the target set is other food reviews of the training file, the test split the 1,000 reviews of
 the test file. SmolLM2-135M-Instruct (:mod:`skmm.bench.lm`) runs its frozen layers once per
 prompt (cached); each coreset LoRA-finetunes the top layers (:class:`~skmm.bench.lm.AnswerModel`)
-with one recipe, the cross-entropy of the two answers, early-stopped on the target set's
-accuracy, learning rate tuned on uniform coresets of the pool by that same accuracy. The score
-is the constrained answer's accuracy (and macro-F1) on the test split.
+with one recipe (:data:`LORA_FINETUNE`): the cross-entropy of the two answers, early-stopped
+on the target set's cross-entropy, learning rate tuned on uniform coresets of the pool by the
+target set's accuracy. The score is the constrained answer's accuracy (and macro-F1) on the
+test split.
 
 What the selectors see (``features``): ``gradients``, LESS's features (per-row LoRA gradients
 of the answer loss after a warm-up finetune on a uniform 5% of the pool, sketched by
