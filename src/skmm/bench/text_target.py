@@ -52,7 +52,7 @@ from .lm import AnswerModel, answer_token_ids, encode_prompts, load_smollm2, tok
 from .report import Report, summarize_real, targeted_report
 from .target import METHODS, TARGETED
 from .tasks import Encoded, PreparedTask, cached_encoding
-from .training import finetune, predict, schedule_steps, scores, tune_finetune
+from .training import finetune, predict, scores, tune_finetune
 
 ANSWERS = (" no", " yes")
 """The answer words; a row's label is the index of its answer."""
@@ -369,21 +369,19 @@ def _one_run(
 ) -> RealRun:
     _, n, method, seed = key
     began = time.perf_counter()
-    steps = 0
+    select_seconds, steps = 0.0, 0
     if method == "zero-shot":
         model = task.base.eval()
-    elif method == "target-only":
+    elif method == "target-only":  # a fixed schedule: no split to stop on but its own rows
         rows = np.arange(len(task.target.labels))
-        model = finetune(task.base, task.target, rows, seed, hyper).model
-        steps = schedule_steps(len(rows), hyper)
+        trained = finetune(task.base, task.target, rows, seed, hyper)
+        model, steps = trained.model, trained.best_step
     else:
         rows = _coreset(task, seen, n, method, seed)
         select_seconds = time.perf_counter() - began
         began = time.perf_counter()
         trained = finetune(task.base, task.pool, rows, seed, hyper, task.target)
         model, steps = trained.model, trained.best_step
-    if method in ("zero-shot", "target-only"):
-        select_seconds = 0.0
     predicted = predict(model, task.test)
     metrics = scores(predicted, task.test.labels, 2)
     return RealRun.of(task.name, key, metrics, select_seconds, time.perf_counter() - began, steps)
