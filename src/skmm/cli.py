@@ -215,7 +215,9 @@ def _build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--methods",
         nargs="+",
-        help="uniform, less, knn, skmm-targeted (SkMM given the target), skmm (default: all)",
+        help="uniform, less, knn, skmm-targeted (SkMM given the target), skmm-near (the same, "
+        "choosing among the 4n pool rows nearest the target), skmm (default: all); "
+        "skmm-near-2 and skmm-near-8 (other candidate factors) run only when named",
     )
     target.add_argument(
         "--features",

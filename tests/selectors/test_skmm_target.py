@@ -10,7 +10,10 @@ from torch.utils.data import TensorDataset
 
 import skmm
 from skmm.gradients import sketch_gradients
+from skmm.rows import PoolRows
+from skmm.seeding import derive_seed, resolve_seed
 from skmm.selection import SelectionWarning
+from skmm.selectors.targeted import nearest_picks, neighbor_blocks
 
 
 def two_groups(rows: int, minority: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,3 +134,62 @@ def test_the_readme_example_runs_and_says_what_it_claims(capsys):
     exec(compile(code, "README.md", "exec"), {})
     share = float(capsys.readouterr().out.split()[0])
     assert share > 0.5  # "far above 0.1"
+
+
+def two_domains(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pool of a target-like domain (offset along column 0) and a wider other domain, which
+    spreads further along every direction the target varies in; and a target set."""
+    rng = np.random.default_rng(seed)
+    near = rng.standard_normal((300, 12))
+    near[:, 0] += 15.0
+    far = rng.standard_normal((900, 12)) * 2.5
+    target = rng.standard_normal((80, 12))
+    target[:, 0] += 15.0
+    return np.vstack([near, far]), np.r_[np.ones(300, bool), np.zeros(900, bool)], target
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.sampled_from([10, 24, 40]), factor=st.sampled_from([2, 4]))
+def test_candidates_keep_the_design_in_the_targets_neighbourhood(seed, n, factor):
+    pool, near, target = two_domains(seed)
+    plain = skmm.select(pool, n, target=target, random_state=seed)
+    chosen = skmm.select(pool, n, target=target, random_state=seed, candidates=factor)
+    # the plain targeted design takes half or more of its rows from the wider domain (whose
+    # spread serves tr(Σ_T Σ_S⁻¹)); with candidates every row comes from the target's domain
+    assert near[plain.indices].mean() <= 0.5
+    assert near[chosen.indices].all()
+    assert len(set(chosen.indices.tolist())) == n
+    assert chosen.info["candidates"]["rows"] == factor * n
+    again = skmm.select(pool, n, target=target, random_state=seed, candidates=factor)
+    np.testing.assert_array_equal(chosen.indices, again.indices)
+
+
+def test_candidates_are_knns_picks_and_all_rows_give_the_plain_selection():
+    pool, _, target = two_domains(0)
+    one = skmm.select(pool, 30, target=target, random_state=1, candidates=1)
+    assert one.info["candidates"]["neighbors_per_target"] == {"min": 0, "max": 1}
+    # c = 1: the design has no choice left; its rows are the ones the neighbours pick (pool
+    # and target have 12 ≤ sketch_dim columns, so the rows are not sketched)
+    seed = derive_seed(derive_seed(resolve_seed(1), "select"), "candidates")
+    rows = PoolRows.from_tensor(torch.as_tensor(pool))
+    picks, _ = nearest_picks(rows, neighbor_blocks(torch.as_tensor(target)), 30, seed)
+    np.testing.assert_array_equal(np.sort(one.indices), np.sort(picks))
+    everything = skmm.select(pool, 30, target=target, random_state=1, candidates=len(pool))
+    plain = skmm.select(pool, 30, target=target, random_state=1)
+    np.testing.assert_array_equal(everything.indices, plain.indices)
+    assert everything.info["candidates"]["note"] == "every pool row"
+
+
+def test_candidates_are_refused_without_a_target_below_one_or_under_torchrun(monkeypatch):
+    pool, _, target = two_domains(0)
+    with pytest.raises(ValueError, match="pass target="):
+        skmm.select(pool, 10, candidates=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        skmm.select(pool, 10, target=target, candidates=0.5)
+    with pytest.raises(TypeError, match="candidates must be a number"):
+        skmm.select(pool, 10, target=target, candidates="many")
+    # as rank 0 of two: refused before any rows are read or exchanged
+    monkeypatch.setattr(skmm.distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(skmm.distributed, "broadcast_object", lambda value: value)
+    with pytest.raises(ValueError, match="one process"):
+        skmm.select(pool, 10, target=target, candidates=4)

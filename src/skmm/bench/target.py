@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import get_method, select
+from ..api import select
 from ..io import read_json
 from ..seeding import numpy_rng
 from ..sketch import SketchMap
@@ -55,10 +55,22 @@ TARGET_TASKS = {
 """Each targeted task: the real task it is cut from, and the share of each target class's
 held-out (and test) rows kept: the four upper-body classes alone, or every class with those
 four at 70% of the rows (a shifted class mix)."""
-METHODS = ("uniform", "less", "knn", "skmm-targeted", "skmm")
-"""``skmm-targeted`` is SkMM given the target set; ``skmm`` its untargeted default."""
-TARGETED = {"skmm-targeted": "skmm", "less": "less", "knn": "knn"}
-"""Grid names of the methods that receive the target set, and the method each runs."""
+METHODS = ("uniform", "less", "knn", "skmm-targeted", "skmm-near", "skmm")
+"""``skmm-targeted`` is SkMM given the target set; ``skmm-near`` the same with its design
+restricted to the target's neighbourhood (``candidates``); ``skmm`` its untargeted default."""
+NEAR_CANDIDATES = 4
+"""``skmm-near``'s candidates factor: the design chooses n rows among the 4n nearest."""
+NEAR_ABLATION = {"skmm-near-2": 2, "skmm-near-8": 8}
+"""Other candidates factors, run only when named (``--methods skmm-near-2 skmm-near-8``)."""
+TARGETED = {
+    "skmm-targeted": ("skmm", {}),
+    "skmm-near": ("skmm", {"candidates": NEAR_CANDIDATES}),
+    **{name: ("skmm", {"candidates": factor}) for name, factor in NEAR_ABLATION.items()},
+    "less": ("less", {}),
+    "knn": ("knn", {}),
+}
+"""Grid names of the methods that receive the target set: the method each runs, its options."""
+METHOD_CHOICES = (*METHODS, *NEAR_ABLATION)
 REFERENCES = ("pool-target-mix", "target-only", "full-pool")
 CEILINGS = {"target-only": "Target set only", "full-pool": "Full pool"}
 DEFAULT_BUDGETS = (50, 100, 200, 500, 1000)
@@ -158,10 +170,7 @@ def run_target(
     """
     if task_name not in TARGET_TASKS:
         raise ValueError(f"unknown targeted task {task_name!r}; choose: {', '.join(TARGET_TASKS)}")
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
-        get_method(TARGETED.get(method, method))
+    check_methods(methods)
     spec = TARGET_TASKS[task_name]
     cache = Path(cache_dir)
     base = prepare_task(
@@ -322,8 +331,22 @@ def _coreset(
             pool[inside], n, "uniform", labels=labels[inside], stratify=budgets, random_state=seed
         )
         return inside[chosen.indices]
-    given = target if method in TARGETED else None
-    return select(pool, n, TARGETED.get(method, method), target=given, random_state=seed).indices
+    return select_for_target(method, pool, target, n, seed)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """A clear error for a grid method name that is not one of :data:`METHOD_CHOICES`."""
+    for method in methods:
+        if method not in METHOD_CHOICES:
+            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(METHOD_CHOICES)}")
+
+
+def select_for_target(method: str, pool: Any, target: Any, n: int, seed: int) -> np.ndarray:
+    """The grid method's n pool rows: a targeted one (:data:`TARGETED`) gets ``target``."""
+    if method not in TARGETED:
+        return select(pool, n, method, random_state=seed).indices
+    name, options = TARGETED[method]
+    return select(pool, n, name, target=target, random_state=seed, **options).indices
 
 
 def _largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:

@@ -50,7 +50,7 @@ from ..seeding import numpy_rng
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .lm import AnswerModel, answer_token_ids, encode_prompts, load_smollm2, tokenize_prompts
 from .report import Report, summarize_real, targeted_report
-from .target import METHODS, TARGETED
+from .target import METHODS, check_methods, select_for_target
 from .tasks import Encoded, PreparedTask, cached_encoding
 from .training import finetune, predict, scores, tune_finetune
 
@@ -324,9 +324,7 @@ def run_text_target(
 
     ``schedule``: entries of :data:`LORA_FINETUNE` to override (a quick run's shorter one).
     """
-    for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+    check_methods(methods)
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose from: {', '.join(FEATURES)}")
     cache = Path(cache_dir)
@@ -398,8 +396,7 @@ def _coreset(
         inside = np.flatnonzero(task.domains == "food")
         chosen = select(pool[inside], min(n, len(inside)), "uniform", random_state=seed)
         return inside[chosen.indices]
-    given = target if method in TARGETED else None
-    return select(pool, n, TARGETED.get(method, method), target=given, random_state=seed).indices
+    return select_for_target(method, pool, target, n, seed)
 
 
 def text_target_report(

@@ -22,6 +22,7 @@ diagonal objective's rounding gathers the N weights s (N floats) and draws on ev
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..design import CRITERIA, WhitenedRows, choose_directions, greedy_design
 from ..inputs import (
     FeatureMatrix,
@@ -43,6 +45,7 @@ from ..seeding import derive_seed, numpy_rng
 from ..sketch import SKETCH_KINDS, sketch_features
 from ..spectrum import UNSKETCHED_MAX_COLUMNS, Spectrum, spectrum
 from .base import MethodOutput, Selector, register
+from .targeted import nearest_picks, neighbor_blocks, neighbor_bytes
 
 SKMM_SKETCHES = (*SKETCH_KINDS, "none")
 OBJECTIVES = ("diagonal", *CRITERIA)
@@ -71,7 +74,10 @@ class SkMM(Selector):
     the same map, and the directions, the whitening and the mean come from the target's
     sketched moment Σ̃_T: the design then seeks Σ̃_T ⪯ c·Σ̃_S (the greedy's A-optimal criterion
     becomes tr(Σ̃_T Σ̃_S⁻¹) on the target's top directions) and picks rows of the pool. Labels
-    then give per-class budgets only when ``stratify`` asks for them.
+    then give per-class budgets only when ``stratify`` asks for them. ``candidates`` = c (with
+    a target only) restricts the design to the ⌈c·n⌉ pool rows that ``knn`` would pick for the
+    target (its rows taking turns, each its nearest unpicked sketched pool row), so the coreset
+    covers the target's directions with rows from the target's neighbourhood.
     """
 
     name = "skmm"
@@ -94,6 +100,7 @@ class SkMM(Selector):
         max_iter: int | None = None,
         tol: float | None = None,
         batch_size: int | None = None,
+        candidates: float | None = None,
         stratify: Any = None,
         random_state: int | np.random.Generator | None = None,
         device: str | torch.device | None = None,
@@ -113,6 +120,7 @@ class SkMM(Selector):
         self.max_iter = max_iter
         self.tol = tol
         self.batch_size = batch_size
+        self.candidates = candidates
 
     def _objective(self) -> str:
         """The objective's name, an alias resolved."""
@@ -154,6 +162,24 @@ class SkMM(Selector):
             check_choice(self.objective, "objective", OBJECTIVES)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
+        if self.candidates is not None:
+            check_positive_float(self.candidates, "candidates")
+            if self.candidates < 1:
+                raise ValueError(
+                    f"candidates must be at least 1 (the design chooses n rows among "
+                    f"candidates·n), got {self.candidates!r}"
+                )
+            if self._target is None:
+                raise ValueError(
+                    "candidates= restricts a targeted selection to the pool rows nearest the "
+                    "target: pass target=... as well, or leave candidates unset"
+                )
+            if distributed.world()[1] > 1:
+                raise ValueError(
+                    "candidates= needs the whole pool in one process (the target's nearest "
+                    "neighbours are taken in turns over all rows); run without torchrun, or "
+                    "leave candidates unset"
+                )
         own = self._defaults()
         other = MATRIX_DEFAULTS if own is DIAGONAL_DEFAULTS else DIAGONAL_DEFAULTS
         misplaced = [name for name in other if getattr(self, name) is not None]
@@ -187,7 +213,12 @@ class SkMM(Selector):
     def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
         """The (N, m) sketch, or the (N, r) features when they are not sketched."""
         unsketched = self.sketch == "none" or n_cols <= self.sketch_dim
-        return n_pool * (n_cols if unsketched else self.sketch_dim) * itemsize
+        width = n_cols if unsketched else self.sketch_dim
+        held = n_pool * width * itemsize
+        if self.candidates is None or self._target is None:
+            return held
+        count = min(n_pool, math.ceil(self.candidates * n))
+        return held + neighbor_bytes(n_pool, width, count, self._target.n_rows)
 
     def _memory_advice(self) -> str:
         if self.sketch == "none":
@@ -219,7 +250,7 @@ class SkMM(Selector):
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
-        self._target_spectrum = None
+        self._target_spectrum = self._target_rows = None
         if self._target is not None:
             info["target"] = self._prepare_target(info["sketch"])
         info["timings"] = {"sketch": time.perf_counter() - began}
@@ -232,6 +263,7 @@ class SkMM(Selector):
             rows = target.to_tensor()
         else:
             rows = sketch_features(target, self.sketch_dim, self.sketch, sketch["seed"], None)
+        self._target_rows = rows
         self._target_spectrum = spectrum(rows, center=self._centered())
         return {
             "effective_rank": self._target_spectrum.effective_rank(),
@@ -239,6 +271,25 @@ class SkMM(Selector):
         }
 
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
+        if self._target_rows is None or self.candidates is None:
+            return self._select_rows(data, n, seed)
+        count = min(data.n_rows, math.ceil(self.candidates * n))
+        began = time.perf_counter()
+        if count == data.n_rows:
+            near, found = np.arange(count, dtype=np.int64), {"note": "every pool row"}
+        else:
+            picks, found = nearest_picks(
+                data, neighbor_blocks(self._target_rows), count, derive_seed(seed, "candidates")
+            )
+            near = np.sort(picks)
+        seconds = time.perf_counter() - began
+        output = self._select_rows(data.restrict(near), n, seed)
+        output.indices = near[np.asarray(output.indices, dtype=np.int64)]
+        output.info["candidates"] = {"factor": self.candidates, "rows": count, **found}
+        output.timings = {"candidates": seconds, **output.timings}
+        return output
+
+    def _select_rows(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
         pool = data.n_rows
         began = time.perf_counter()
         centered = self._centered()

@@ -241,81 +241,99 @@ class TargetNeighbors(TargetedBaseline):
 
     def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
         n_target = 0 if self._target is None else self._target.n_rows
-        columns = min(n_target, TARGET_BLOCK_COLUMNS)
-        per_target = min(n_pool, -(-n // max(1, n_target)) + KNN_SPARE)
-        step = min(n_pool, chunk_rows(n_cols, columns))
-        # the target; candidate lists (distance and row) as kept and as refilled; one
-        # block's merge of candidates and chunk distances (values, rows, sort order); one
-        # chunk; the picked flags. Refills double the lists of the target rows that ran short
-        # (at most to the rows left), so a pool whose rows all tie can take more.
-        candidates = 2 * 2 * 8 * n_target * per_target
-        merge = 3 * 8 * columns * (per_target + step)
-        chunk = chunk_bytes(n_pool, n_cols, columns)
-        return target_bytes(n_target, n_cols) + candidates + merge + chunk + n_pool
+        return neighbor_bytes(n_pool, n_cols, n, n_target)
 
     def _prepare(
         self, features: FeatureMatrix, labels: np.ndarray | None, seed: int
     ) -> tuple[Any, dict[str, Any]]:
-        rows = self._target_rows()
-        center = rows.sum(dim=0) / rows.shape[0]
-        shifted = rows - center
-        target = TargetBlocks.of(shifted, squared_row_norms(shifted)[:, 0], center)
+        target = neighbor_blocks(self._target_rows())
         return (PoolRows(Layout.single(features.n_rows), features), target), {}
 
     def _select(self, data: tuple[PoolRows, TargetBlocks], n: int, seed: int) -> MethodOutput:
-        rows, target = data
-        n_target = target.n_rows
-        turns = numpy_rng(seed, "knn", "order").permutation(n_target)
-        quota = -(-n // n_target)
-        picked = np.zeros(rows.n_rows, dtype=bool)
-        lengths = np.full(n_target, min(rows.n_rows, quota + KNN_SPARE), dtype=np.int64)
-        candidates, distances = nearest_rows(rows, target, lengths, picked)
-        cursor = np.zeros(n_target, dtype=np.int64)
-        counts = np.zeros(n_target, dtype=np.int64)
-        order = np.empty(n, dtype=np.int64)
-        chosen_distance = np.empty(n)
-        refills = 0
-        k = 0
-        while k < n:
-            for t in turns.tolist():
-                if k == n:
-                    break
-                while True:
-                    mine = candidates[t]
-                    while cursor[t] < mine.size and picked[mine[cursor[t]]]:
-                        cursor[t] += 1
-                    if cursor[t] < mine.size:
-                        break
-                    # t has no unpicked candidate left: refill it and every target row that
-                    # has fewer unpicked candidates than turns left, with twice as many
-                    refills += 1
-                    low = np.array(
-                        [
-                            (~picked[candidates[s][cursor[s] :]]).sum() < quota - counts[s]
-                            for s in range(n_target)
-                        ]
-                    )
-                    low[t] = True
-                    unpicked = int(rows.n_rows - picked.sum())
-                    lengths[low] = np.minimum(unpicked, 2 * lengths[low])
-                    asked = np.where(low, lengths, 0)
-                    fresh, fresh_distances = nearest_rows(rows, target, asked, picked)
-                    for s in np.flatnonzero(low).tolist():
-                        candidates[s], distances[s], cursor[s] = fresh[s], fresh_distances[s], 0
-                row = int(candidates[t][cursor[t]])
-                picked[row] = True
-                order[k] = row
-                chosen_distance[k] = distances[t][cursor[t]]
-                counts[t] += 1
-                k += 1
-        spread = np.sqrt(np.maximum(chosen_distance, 0.0))
-        info = {
-            "n_target": n_target,
-            "neighbors_per_target": {"min": int(counts.min()), "max": int(counts.max())},
-            "distance": score_summary(spread),
-            "refills": refills,
-        }
+        order, info = nearest_picks(*data, n, seed)
         return MethodOutput(order, None, info)
+
+
+def neighbor_bytes(n_pool: int, n_cols: int, n: int, n_target: int) -> int:
+    """Peak bytes of :func:`nearest_picks` taking n rows of an (n_pool, n_cols) pool."""
+    columns = min(n_target, TARGET_BLOCK_COLUMNS)
+    per_target = min(n_pool, -(-n // max(1, n_target)) + KNN_SPARE)
+    step = min(n_pool, chunk_rows(n_cols, columns))
+    # the target; candidate lists (distance and row) as kept and as refilled; one
+    # block's merge of candidates and chunk distances (values, rows, sort order); one
+    # chunk; the picked flags. Refills double the lists of the target rows that ran short
+    # (at most to the rows left), so a pool whose rows all tie can take more.
+    candidates = 2 * 2 * 8 * n_target * per_target
+    merge = 3 * 8 * columns * (per_target + step)
+    chunk = chunk_bytes(n_pool, n_cols, columns)
+    return target_bytes(n_target, n_cols) + candidates + merge + chunk + n_pool
+
+
+def neighbor_blocks(rows: torch.Tensor) -> TargetBlocks:
+    """The target's rows about their mean, with their squared norms, for :func:`nearest_rows`."""
+    rows = rows.to(torch.float64)
+    center = rows.sum(dim=0) / rows.shape[0]
+    shifted = rows - center
+    return TargetBlocks.of(shifted, squared_row_norms(shifted)[:, 0], center)
+
+
+def nearest_picks(
+    rows: PoolRows, target: TargetBlocks, n: int, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``knn``'s n picks in pick order: the target rows take turns, in a seeded order, each
+    taking its nearest unpicked pool row; and a summary (turns per target row, distances)."""
+    n_target = target.n_rows
+    turns = numpy_rng(seed, "knn", "order").permutation(n_target)
+    quota = -(-n // n_target)
+    picked = np.zeros(rows.n_rows, dtype=bool)
+    lengths = np.full(n_target, min(rows.n_rows, quota + KNN_SPARE), dtype=np.int64)
+    candidates, distances = nearest_rows(rows, target, lengths, picked)
+    cursor = np.zeros(n_target, dtype=np.int64)
+    counts = np.zeros(n_target, dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    chosen_distance = np.empty(n)
+    refills = 0
+    k = 0
+    while k < n:
+        for t in turns.tolist():
+            if k == n:
+                break
+            while True:
+                mine = candidates[t]
+                while cursor[t] < mine.size and picked[mine[cursor[t]]]:
+                    cursor[t] += 1
+                if cursor[t] < mine.size:
+                    break
+                # t has no unpicked candidate left: refill it and every target row that
+                # has fewer unpicked candidates than turns left, with twice as many
+                refills += 1
+                low = np.array(
+                    [
+                        (~picked[candidates[s][cursor[s] :]]).sum() < quota - counts[s]
+                        for s in range(n_target)
+                    ]
+                )
+                low[t] = True
+                unpicked = int(rows.n_rows - picked.sum())
+                lengths[low] = np.minimum(unpicked, 2 * lengths[low])
+                asked = np.where(low, lengths, 0)
+                fresh, fresh_distances = nearest_rows(rows, target, asked, picked)
+                for s in np.flatnonzero(low).tolist():
+                    candidates[s], distances[s], cursor[s] = fresh[s], fresh_distances[s], 0
+            row = int(candidates[t][cursor[t]])
+            picked[row] = True
+            order[k] = row
+            chosen_distance[k] = distances[t][cursor[t]]
+            counts[t] += 1
+            k += 1
+    spread = np.sqrt(np.maximum(chosen_distance, 0.0))
+    info = {
+        "n_target": n_target,
+        "neighbors_per_target": {"min": int(counts.min()), "max": int(counts.max())},
+        "distance": score_summary(spread),
+        "refills": refills,
+    }
+    return order, info
 
 
 def nearest_rows(
