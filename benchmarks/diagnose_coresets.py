@@ -2,8 +2,9 @@
 
 - ``target``: the targeted benchmark's ``fashion-mnist-tops`` task on LESS's features (the warm-up
   probe's sketched loss gradients, :func:`skmm.bench.target.probe_gradients`) and on the
-  embeddings: for SkMM given the target and for kNN, the share of coreset rows from the
-  target's classes, the median gradient norm relative to the pool's, and the class counts.
+  embeddings: for SkMM given the target (plain, and with candidates on the embeddings) and for
+  kNN, the share of coreset rows from the target's classes, the median gradient norm relative
+  to the pool's, and the class counts.
 - ``food``: the food reviews' MiniLM embeddings: for uniform, SkMM (with and without labels)
   and facility location, the majority-class share and the median distance of the coreset's
   rows to the pool mean relative to the pool's median.
@@ -30,6 +31,7 @@ from common import machine
 import skmm
 from skmm.bench.target import (
     DEFAULT_BUDGETS,
+    NEAR_CANDIDATES,
     TARGET_TASKS,
     cut_target,
     probe_gradients,
@@ -54,6 +56,16 @@ def target(cache: Path, seed: int) -> None:
         ("skmm-targeted, gradients", pool, {"target": target_rows}),
         ("knn, gradients", pool, {"method": "knn", "target": target_rows}),
         ("skmm-targeted, embeddings", task.pool.embedding, {"target": task.target.embedding}),
+        (
+            "knn, embeddings",
+            task.pool.embedding,
+            {"method": "knn", "target": task.target.embedding},
+        ),
+        (
+            "skmm-near, embeddings",
+            task.pool.embedding,
+            {"target": task.target.embedding, "candidates": NEAR_CANDIDATES},
+        ),
     ]
     for n in (100, 500):
         for name, features, options in runs:
@@ -106,6 +118,7 @@ def text(cache: Path, seed: int) -> None:
             ("less", {"method": "less", "target": target_rows}),
             ("knn", {"method": "knn", "target": target_rows}),
             ("skmm-targeted", {"target": target_rows}),
+            ("skmm-near", {"target": target_rows, "candidates": NEAR_CANDIDATES}),
             ("skmm", {}),
         ]
         for n in (50, 200):

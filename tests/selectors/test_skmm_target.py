@@ -159,21 +159,26 @@ def test_candidates_keep_the_design_in_the_targets_neighbourhood(seed, n, factor
     assert near[plain.indices].mean() <= 0.5
     assert near[chosen.indices].all()
     assert len(set(chosen.indices.tolist())) == n
-    assert chosen.info["candidates"]["rows"] == factor * n
+    assert chosen.info["candidates"]["rows"] == max(factor * n, len(target))
     again = skmm.select(pool, n, target=target, random_state=seed, candidates=factor)
     np.testing.assert_array_equal(chosen.indices, again.indices)
 
 
 def test_candidates_are_knns_picks_and_all_rows_give_the_plain_selection():
-    pool, _, target = two_domains(0)
-    one = skmm.select(pool, 30, target=target, random_state=1, candidates=1)
-    assert one.info["candidates"]["neighbors_per_target"] == {"min": 0, "max": 1}
-    # c = 1: the design has no choice left; its rows are the ones the neighbours pick (pool
-    # and target have 12 ≤ sketch_dim columns, so the rows are not sketched)
-    seed = derive_seed(derive_seed(resolve_seed(1), "select"), "candidates")
+    pool, _, target = two_domains(0)  # 80 target rows
     rows = PoolRows.from_tensor(torch.as_tensor(pool))
-    picks, _ = nearest_picks(rows, neighbor_blocks(torch.as_tensor(target)), 30, seed)
+    blocks = neighbor_blocks(torch.as_tensor(target))
+    seed = derive_seed(derive_seed(resolve_seed(1), "select"), "candidates")
+    # pool and target have 12 ≤ sketch_dim columns, so the neighbours are found on the rows
+    # themselves. c = 1 with n ≥ T: the design has no choice left, the rows are knn's picks
+    one = skmm.select(pool, 100, target=target, random_state=1, candidates=1)
+    picks, _ = nearest_picks(rows, blocks, 100, seed)
     np.testing.assert_array_equal(np.sort(one.indices), np.sort(picks))
+    # n < T: every target row still gets a turn, so the design chooses among T candidates
+    few = skmm.select(pool, 30, target=target, random_state=1, candidates=1)
+    assert few.info["candidates"]["rows"] == 80
+    assert few.info["candidates"]["neighbors_per_target"] == {"min": 1, "max": 1}
+    assert set(few.indices.tolist()) <= set(nearest_picks(rows, blocks, 80, seed)[0].tolist())
     everything = skmm.select(pool, 30, target=target, random_state=1, candidates=len(pool))
     plain = skmm.select(pool, 30, target=target, random_state=1)
     np.testing.assert_array_equal(everything.indices, plain.indices)

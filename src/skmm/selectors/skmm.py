@@ -75,9 +75,9 @@ class SkMM(Selector):
     sketched moment Σ̃_T: the design then seeks Σ̃_T ⪯ c·Σ̃_S (the greedy's A-optimal criterion
     becomes tr(Σ̃_T Σ̃_S⁻¹) on the target's top directions) and picks rows of the pool. Labels
     then give per-class budgets only when ``stratify`` asks for them. ``candidates`` = c (with
-    a target only) restricts the design to the ⌈c·n⌉ pool rows that ``knn`` would pick for the
-    target (its rows taking turns, each its nearest unpicked sketched pool row), so the coreset
-    covers the target's directions with rows from the target's neighbourhood.
+    a target only) restricts the design to the max(⌈c·n⌉, T) pool rows that ``knn`` would pick
+    for the target (its T rows taking turns, each its nearest unpicked sketched pool row), so
+    the coreset covers the target's directions with rows from the target's neighbourhood.
     """
 
     name = "skmm"
@@ -217,7 +217,7 @@ class SkMM(Selector):
         held = n_pool * width * itemsize
         if self.candidates is None or self._target is None:
             return held
-        count = min(n_pool, math.ceil(self.candidates * n))
+        count = candidate_count(self.candidates, n, self._target.n_rows, n_pool)
         return held + neighbor_bytes(n_pool, width, count, self._target.n_rows)
 
     def _memory_advice(self) -> str:
@@ -273,7 +273,7 @@ class SkMM(Selector):
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
         if self._target_rows is None or self.candidates is None:
             return self._select_rows(data, n, seed)
-        count = min(data.n_rows, math.ceil(self.candidates * n))
+        count = candidate_count(self.candidates, n, self._target_rows.shape[0], data.n_rows)
         began = time.perf_counter()
         if count == data.n_rows:
             near, found = np.arange(count, dtype=np.int64), {"note": "every pool row"}
@@ -405,6 +405,12 @@ class SkMM(Selector):
             **coreset_condition(picked, values, spec.intrinsic_dimension()),
         }
         return MethodOutput(indices, chosen, info, timings)
+
+
+def candidate_count(factor: float, n: int, n_target: int, n_pool: int) -> int:
+    """Pool rows the targeted design may choose from: ⌈c·n⌉, and at least one per target row
+    (so every target row has had a turn), at most the pool."""
+    return min(n_pool, max(math.ceil(factor * n), n_target))
 
 
 def _local_indicator(
