@@ -90,7 +90,9 @@ def test_sketched_lora_gradients_match_a_per_example_loop_and_pool_and_target_ag
     split = Encoded({"hidden": arrays["hidden"], "position": last}, arrays["embedding"], labels)
     answer = with_trained_adapters(AnswerModel(model, 1, ANSWER_IDS, seed=0))
     options = {"sketch_dim": 16, "sketch": "gaussian", "target": "loss", "progress": False}
-    sketch = sketch_gradients(answer, _Rows(split), batch_size=4, **options).features
+    result = sketch_gradients(answer, _Rows(split), batch_size=4, **options)
+    sketch = result.features
+    assert result.metadata["per_sample"] == "hooks"  # the two-row check passed: no fallback
     names = [name for name, p in answer.named_parameters() if p.requires_grad]
     params = dict(answer.named_parameters())
     rows = []

@@ -280,44 +280,55 @@ class GradientComputer:
         """From one batched backward (:mod:`.hooks`): the gradients {name: (B, *shape)}, or
         with ``structured`` their Kronecker sketches (B, m); None to use vmap instead.
 
-        The first batch is checked against vmap on its first two examples; a mismatch (a
-        layer whose input is not laid out batch-first, say) or a failed hook check switches
-        to vmap for good.
+        The first batch is checked against vmap on its first two examples, both computed on
+        those two rows alone (a forward over B rows rounds differently from one over 2, by
+        more than 1e-4 of the largest entry on a float32 LLM); a mismatch (a layer whose input
+        is not laid out batch-first, say) or a failed hook check switches to vmap for good.
         """
         leaves = {name: p.detach().requires_grad_(True) for name, p in self.params.items()}
         state = {**self.frozen, **leaves}
 
-        def run() -> torch.Tensor:
-            with torch.enable_grad():
-                outputs = model_outputs(self._call(state, batch.inputs))
-                return self._batch_value(outputs, labels, aux)
+        def hooked(
+            rows: Batch, labels: torch.Tensor, aux: torch.Tensor
+        ) -> dict[str, torch.Tensor] | torch.Tensor | None:
+            def run() -> torch.Tensor:
+                with torch.enable_grad():
+                    outputs = model_outputs(self._call(state, rows.inputs))
+                    return self._batch_value(outputs, labels, aux)
 
-        parts = self.hooks.contributions(run, batch.size, factored=structured is not None)
-        if parts is None:
-            self.hooks = None
-            return None
-        if structured is None:
-            result: dict[str, torch.Tensor] | torch.Tensor = {}
+            parts = self.hooks.contributions(run, rows.size, factored=structured is not None)
+            if parts is None:
+                return None
+            if structured is not None:
+                return structured.of_parts(parts)
+            result: dict[str, torch.Tensor] = {}
             for name, value in parts:
                 result[name] = result[name] + value if name in result else value
-        else:
-            result = structured.of_parts(parts)
+            return result
+
+        result = hooked(batch, labels, aux)
+        if result is None:
+            self.hooks = None
+            return None
         if self._verified:
             return result
         self._verified = True
         count = min(2, batch.size)
         head = batch.rows(0, count)
+        ours = result if count == batch.size else hooked(head, labels[:count], aux[:count])
         with warnings.catch_warnings():
             # skmm's own two-example check: vmap's "performance drop" notes (no batching rule
             # for a kernel, e.g. CPU flash attention) concern this check, not the user's run
             warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
             reference = self._per_example(self.params, head.inputs, labels[:count], aux[:count])
-        if structured is None:
-            pairs = [(result[name][:count], reference[name]) for name in self.names]
+        if ours is None:
+            pairs = []
+        elif structured is None:
+            pairs = [(ours[name], reference[name]) for name in self.names]
         else:
-            pairs = [(result[:count], structured.of_gradients(reference))]
-        scale = max(float(theirs.abs().max()) for _, theirs in pairs if theirs.numel())
-        if all(_close(ours, theirs, scale) for ours, theirs in pairs):
+            pairs = [(ours, structured.of_gradients(reference))]
+        scale = max((float(theirs.abs().max()) for _, theirs in pairs if theirs.numel()), default=0)
+        if pairs and all(_close(mine, theirs, scale) for mine, theirs in pairs):
             return result
         warnings.warn(
             "per-sample gradients from hooks disagree with vmap on this model (a layer whose "
