@@ -106,6 +106,10 @@ def selections(workdir, tag):
     out["skmm_stratified"] = skmm.select(
         features, 30, sketch_dim=64, labels=labels, stratify="balanced", random_state=1
     ).indices
+    target = features[labels < 3][::4] + 0.5  # three of the twelve clusters, shifted
+    out["skmm_candidates"] = skmm.select(
+        features, 30, sketch_dim=64, target=target, candidates=4, random_state=4
+    ).indices
     out["skmm_sparse_sign"] = skmm.select(
         features, 25, sketch_dim=80, sketch="sparse_sign", random_state=2
     ).indices

@@ -114,6 +114,7 @@ SELECTIONS = [
     "skmm_diagonal",
     "skmm_diagonal_weights",
     "skmm_stratified",
+    "skmm_candidates",
     "skmm_sparse_sign",
     "skmm_store",
     "skmm_memmap_diagonal",

@@ -185,7 +185,7 @@ def test_candidates_are_knns_picks_and_all_rows_give_the_plain_selection():
     assert everything.info["candidates"]["note"] == "every pool row"
 
 
-def test_candidates_are_refused_without_a_target_below_one_or_under_torchrun(monkeypatch):
+def test_candidates_are_refused_without_a_target_or_below_one():
     pool, _, target = two_domains(0)
     with pytest.raises(ValueError, match="pass target="):
         skmm.select(pool, 10, candidates=4)
@@ -193,8 +193,3 @@ def test_candidates_are_refused_without_a_target_below_one_or_under_torchrun(mon
         skmm.select(pool, 10, target=target, candidates=0.5)
     with pytest.raises(TypeError, match="candidates must be a number"):
         skmm.select(pool, 10, target=target, candidates="many")
-    # as rank 0 of two: refused before any rows are read or exchanged
-    monkeypatch.setattr(skmm.distributed, "world", lambda: (0, 2))
-    monkeypatch.setattr(skmm.distributed, "broadcast_object", lambda value: value)
-    with pytest.raises(ValueError, match="one process"):
-        skmm.select(pool, 10, target=target, candidates=4)

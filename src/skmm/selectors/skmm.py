@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed
 from ..design import CRITERIA, WhitenedRows, choose_directions, greedy_design
 from ..inputs import (
     FeatureMatrix,
@@ -173,12 +172,6 @@ class SkMM(Selector):
                 raise ValueError(
                     "candidates= restricts a targeted selection to the pool rows nearest the "
                     "target: pass target=... as well, or leave candidates unset"
-                )
-            if distributed.world()[1] > 1:
-                raise ValueError(
-                    "candidates= needs the whole pool in one process (the target's nearest "
-                    "neighbours are taken in turns over all rows); run without torchrun, or "
-                    "leave candidates unset"
                 )
         own = self._defaults()
         other = MATRIX_DEFAULTS if own is DIAGONAL_DEFAULTS else DIAGONAL_DEFAULTS

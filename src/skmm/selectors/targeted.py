@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..inputs import FeatureMatrix, check_choice
 from ..rows import COLUMN_MULTIPLE, Layout, PoolRows, TiledRows, pad_columns, row_products
 from ..seeding import numpy_rng
@@ -112,9 +113,11 @@ def chunk_rows(n_cols: int, block_columns: int) -> int:
 
 
 def pool_chunks(rows: PoolRows, step: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float64 rows) over the pool's rows in chunks of ``step``."""
-    for start in range(0, rows.n_rows, step):
-        yield start, rows.read(start, min(start + step, rows.n_rows)).to(torch.float64)
+    """(local start, float64 rows) over this rank's rows (all of them in one process) in chunks
+    of ``step``."""
+    stop = rows.layout.n_local
+    for start in range(0, stop, step):
+        yield start, rows.read(start, min(start + step, stop)).to(torch.float64)
 
 
 def chunk_bytes(n_pool: int, n_cols: int, block_columns: int) -> int:
@@ -358,8 +361,9 @@ def nearest_rows(
         shifted = chunk - target.center
         norms = squared_row_norms(shifted)
         tiles = TiledRows(shifted)  # padded to tiles once for every target block
-        taken = picked[start : start + chunk.shape[0]]
-        positions = np.arange(start, start + chunk.shape[0], dtype=np.int64)
+        first = rows.layout.start + start
+        taken = picked[first : first + chunk.shape[0]]
+        positions = np.arange(first, first + chunk.shape[0], dtype=np.int64)
         for b in wanted:
             a, z = spans[b]
             products = tiles.products(target.blocks[b])[:, : z - a]
@@ -378,4 +382,22 @@ def nearest_rows(
                 real = np.isfinite(values)
                 found[t] = best_rows[b][local, :size][real]
                 found_distances[t] = values[real]
+    if rows.layout.size > 1:
+        found, found_distances = _merge_ranks(found, found_distances, lengths)
     return found, found_distances
+
+
+def _merge_ranks(
+    found: list[np.ndarray], distances: list[np.ndarray], lengths: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every rank's nearest rows per target row merged: the ``lengths[t]`` smallest
+    (distance, position) pairs, the order one process gives (ties to the lower position)."""
+    ranks = distributed.all_gather_object(list(zip(found, distances, strict=True)))
+    merged_rows, merged_distances = [], []
+    for t, size in enumerate(lengths.tolist()):
+        rows = np.concatenate([rank[t][0] for rank in ranks])
+        values = np.concatenate([rank[t][1] for rank in ranks])
+        order = np.lexsort((rows, values))[:size]
+        merged_rows.append(rows[order])
+        merged_distances.append(values[order])
+    return merged_rows, merged_distances
