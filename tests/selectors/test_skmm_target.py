@@ -130,10 +130,14 @@ def test_the_readme_example_runs_and_says_what_it_claims(capsys):
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("## Selecting for a target task", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {})
+    first, second = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
+    scope: dict = {}
+    exec(compile(first, "README.md", "exec"), scope)
     share = float(capsys.readouterr().out.split()[0])
     assert share > 0.5  # "far above 0.1"
+    exec(compile(second, "README.md", "exec"), scope)
+    rows, near_share = capsys.readouterr().out.split()
+    assert int(rows) == 800 and float(near_share) == pytest.approx(0.155)
 
 
 def two_domains(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
