@@ -35,6 +35,7 @@ SELECTIONS = [
 ]
 TARGETED = [  # selected for a target: every ninth row of the pool, shifted
     ("skmm", {}),
+    ("skmm", {"candidates": 4}),
     ("less", {}),
     ("less", {"aggregate": "mean"}),
     ("knn", {}),
