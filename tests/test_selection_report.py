@@ -167,3 +167,15 @@ def test_a_torch_loader_trains_with_the_sampler():
     )
     seen = torch.cat([y for _, y in loader])
     assert seen.shape == (30,) and set(seen.tolist()) <= set(labels[selection.indices].tolist())
+
+
+def test_a_targeted_summary_names_the_target_and_the_candidates():
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((400, 6))
+    target = rng.standard_normal((30, 6)) + 2.0
+    text = skmm.select(pool, 20, target=target, candidates=4, random_state=0).summary()
+    assert "of the target's 30 rows" in text
+    assert "chosen among the 80 pool rows nearest the target (candidates = 4" in text
+    assert "target's energy" in text
+    plain = skmm.select(pool, 20, target=target, random_state=0).summary()
+    assert "of the target's 30 rows" in plain and "nearest the target" not in plain

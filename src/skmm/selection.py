@@ -232,6 +232,12 @@ class Selection:
                 f"  directions matched: k = {directions['k']}{of}{about}{of_target} "
                 f"(rule {directions['rule']!r}{ratio})"
             )
+        candidates = info.get("candidates")
+        if isinstance(candidates, dict) and "rows" in candidates:
+            lines.append(
+                f"  chosen among the {candidates['rows']} pool rows nearest the target "
+                f"(candidates = {candidates['factor']:g}: max(⌈c·n⌉, target rows))"
+            )
         whose = "the target's" if target else "the pool's"
         if "c_S" in info:
             lines.append("  " + _explain_c_s(info["c_S"], info.get("c_S_directions"), whose))
