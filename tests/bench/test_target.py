@@ -145,7 +145,7 @@ def test_gradient_features_share_one_sketch_and_feed_every_method(tmp_path):
     again_pool, again_target = probe_gradients(task, {"12": 1.0, "30": 0.1})
     np.testing.assert_array_equal(pool, again_pool)
     np.testing.assert_array_equal(target, again_target)
-    methods = ("uniform", "less", "knn", "skmm-targeted")
+    methods = ("uniform", "less", "knn", "skmm-targeted", "skmm-near", "skmm-near-2")
     runs = run_target_task(
         task, methods, (12,), 2, tmp_path, features="gradients", journal=tmp_path / "runs.csv"
     )
@@ -157,7 +157,7 @@ def test_gradient_features_share_one_sketch_and_feed_every_method(tmp_path):
 def test_bad_requests_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown targeted task"):
         run_target("nope", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="unknown method 'kcenter'"):
+    with pytest.raises(ValueError, match="unknown method 'kcenter'.*skmm-near-8"):
         run_target(methods=("kcenter",), cache_dir=tmp_path)
     task = clustered_task()
     with pytest.raises(ValueError, match="below the pool size 600"):
