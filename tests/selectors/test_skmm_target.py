@@ -137,7 +137,7 @@ def test_the_readme_example_runs_and_says_what_it_claims(capsys):
     assert share > 0.5  # "far above 0.1"
     exec(compile(second, "README.md", "exec"), scope)
     rows, near_share = capsys.readouterr().out.split()
-    assert int(rows) == 800 and float(near_share) == pytest.approx(0.155)
+    assert int(rows) == 800 and float(near_share) < 0.3  # "wrong for this target" (0.155)
 
 
 def two_domains(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
