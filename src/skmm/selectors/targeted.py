@@ -39,7 +39,7 @@ SIMILARITY_CHUNK_ENTRIES = 2**22
 """Pool × target similarities (and pool values) held at once: 32 MiB of float64."""
 TARGET_BLOCK_COLUMNS = 4096
 """Target rows per product: the target is cut into blocks of this many rows, by T alone."""
-KNN_SPARE = 8
+KNN_SPARE = 32
 """Candidates each target row keeps beyond its ⌈n/T⌉ turns, before a refill is needed."""
 LESS_AGGREGATES = ("max", "mean")
 
