@@ -243,7 +243,7 @@ class SkMM(Selector):
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
-        self._target_spectrum = self._target_rows = None
+        self._target_spectrum = self._target_blocks = None
         if self._target is not None:
             info["target"] = self._prepare_target(info["sketch"])
         info["timings"] = {"sketch": time.perf_counter() - began}
@@ -256,7 +256,8 @@ class SkMM(Selector):
             rows = target.to_tensor()
         else:
             rows = sketch_features(target, self.sketch_dim, self.sketch, sketch["seed"], None)
-        self._target_rows = rows
+        if self.candidates is not None:  # built once, for every class's candidates
+            self._target_blocks = neighbor_blocks(rows)
         self._target_spectrum = spectrum(rows, center=self._centered())
         return {
             "effective_rank": self._target_spectrum.effective_rank(),
@@ -264,15 +265,15 @@ class SkMM(Selector):
         }
 
     def _select(self, data: PoolRows, n: int, seed: int) -> MethodOutput:
-        if self._target_rows is None or self.candidates is None:
+        if self._target_blocks is None:
             return self._select_rows(data, n, seed)
-        count = candidate_count(self.candidates, n, self._target_rows.shape[0], data.n_rows)
+        count = candidate_count(self.candidates, n, self._target_blocks.n_rows, data.n_rows)
         began = time.perf_counter()
         if count == data.n_rows:
             near, found = np.arange(count, dtype=np.int64), {"note": "every pool row"}
         else:
             picks, found = nearest_picks(
-                data, neighbor_blocks(self._target_rows), count, derive_seed(seed, "candidates")
+                data, self._target_blocks, count, derive_seed(seed, "candidates")
             )
             near = np.sort(picks)
         seconds = time.perf_counter() - began
