@@ -25,6 +25,7 @@ SELECTIONS = [
     ("skmm", {}),
     ("skmm", {"sketch": "sparse_sign"}),
     ("skmm", {"objective": "diagonal"}),
+    ("skmm", {"blocks": 3}),
     ("uniform", {}),
     ("kcenter", {}),
     ("herding", {}),

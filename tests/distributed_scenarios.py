@@ -110,11 +110,17 @@ def selections(workdir, tag):
     out["skmm_candidates"] = skmm.select(
         features, 30, sketch_dim=64, target=target, candidates=4, random_state=4
     ).indices
+    for objective in ("aopt", "diagonal"):  # rows of 3 blocks of 100 columns, each sketched
+        limit = {"max_iter": 150} if objective == "diagonal" else {}
+        out[f"skmm_blocks_{objective}"] = skmm.select(
+            features, 30, sketch_dim=64, blocks=3, objective=objective, random_state=5, **limit
+        ).indices
     out["skmm_sparse_sign"] = skmm.select(
         features, 25, sketch_dim=80, sketch="sparse_sign", random_state=2
     ).indices
     store = SketchStore.open(workdir / "sketched-store", verify=False).features
     out["skmm_store"] = skmm.select(store, 40, sketch_dim=64, random_state=0).indices
+    out["skmm_store_blocks"] = skmm.select(store, 20, blocks=4, random_state=0).indices
     mapped = np.load(workdir / "sketched.npy", mmap_mode="r")
     out["skmm_memmap_diagonal"] = skmm.select(
         mapped, 40, sketch_dim=64, objective="diagonal", max_iter=150, random_state=0

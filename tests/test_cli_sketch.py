@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skmm import select
 from skmm.cli import main
 from skmm.gradients import load_gradient_sketch
 from skmm.store import SketchStore
@@ -73,6 +74,21 @@ def test_sketch_then_select_from_the_store(task_file, tmp_path, capsys):
     out = tmp_path / "coreset.json"
     args = ["select", str(store), "--n", "6", "--seed", "0", "--stratify", "balanced"]
     assert main([*args, "--quiet", "--out", str(out)]) == 0
+
+
+def test_a_store_of_jacobian_blocks_selects_with_its_blocks(task_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    assert main(sketch_args(f"{task_file}:make", store, "--target", "jacobian_blocks")) == 0
+    sketch = load_gradient_sketch(store)
+    assert sketch.features.shape == (60, 3 * 8) and sketch.metadata["blocks"] == 3
+    capsys.readouterr()
+    args = ["select", str(store), "--n", "6", "--seed", "0", "--stratify", "false"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    picked = [int(line) for line in captured.out.split()]
+    assert "each row is 3 blocks" in captured.err
+    expected = select(sketch.features, 6, blocks=3, stratify=False, random_state=0).indices
+    assert picked == expected.tolist()
 
 
 @pytest.mark.parametrize(

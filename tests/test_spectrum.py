@@ -42,3 +42,28 @@ def test_intrinsic_dimension_of_a_cluster_pool_counts_the_clusters():
     centers = rng.standard_normal((4, 200))
     rows = centers[rng.integers(0, 4, 500)] + 1e-4 * rng.standard_normal((500, 200))
     assert spectrum(torch.from_numpy(rows)).intrinsic_dimension() == 4
+
+
+def test_blocks_give_the_moment_of_every_block_about_its_own_mean():
+    rng = np.random.default_rng(4)
+    rows = torch.from_numpy(rng.standard_normal((300, 4 * 6)) + rng.uniform(-3, 3, 24))
+    blocks = rows.reshape(300, 4, 6)
+    means = blocks.mean(dim=0)
+    centered = (blocks - means).reshape(-1, 6)
+    expected = centered.T @ centered / 300  # (1/N) Σ_i Σ_k, not over the N·K sub-rows
+    spec = spectrum(rows, center=True, blocks=4)
+    rebuilt = spec.eigenvectors @ torch.diag(spec.eigenvalues) @ spec.eigenvectors.T
+    torch.testing.assert_close(rebuilt, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(spec.mean, means)
+    assert (spec.blocks, spec.n_rows) == (4, 300)
+    uncentered = spectrum(rows, blocks=4)
+    flat = blocks.reshape(-1, 6)
+    rebuilt = (
+        uncentered.eigenvectors @ torch.diag(uncentered.eigenvalues) @ uncentered.eigenvectors.T
+    )
+    torch.testing.assert_close(rebuilt, flat.T @ flat / 300, atol=1e-10, rtol=1e-10)
+    # one block is the ordinary spectrum, bit for bit
+    one = spectrum(rows, center=True, blocks=1)
+    plain = spectrum(rows, center=True)
+    assert torch.equal(one.eigenvalues, plain.eigenvalues)
+    assert torch.equal(one.mean, plain.mean)

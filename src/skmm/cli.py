@@ -23,7 +23,7 @@ from .distributed import is_main
 from .inputs import MissingDependencyError
 from .io import load_array
 from .selection import Selection, SelectionWarning
-from .sources import check_same_sketch, open_features
+from .sources import check_same_sketch, open_features, source_blocks
 
 EXIT_INPUT_ERROR = 2
 
@@ -126,7 +126,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sk.add_argument(
         "--sketch", default="sparse_sign", help="sparse_sign (default), gaussian or kronecker"
     )
-    sk.add_argument("--target", default="jacobian", help="jacobian, loss or loss_random")
+    sk.add_argument(
+        "--target",
+        default="jacobian",
+        help="jacobian (default), loss, loss_random or jacobian_blocks (every output's "
+        "gradient, K sketches per example)",
+    )
     sk.add_argument("--seed", type=int, default=0, help="seed of the sketch and random targets")
     sk.add_argument("--batch-size", type=int, default=64, help="examples per vmap batch")
     sk.add_argument("--shard-rows", type=int, default=4096, help="rows per store shard")
@@ -167,7 +172,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     real.add_argument("--cache", default="bench-out/cache", help="encodings and gradient store")
     real.add_argument("--protocols", nargs="+", default=["linear", "finetune"])
-    real.add_argument("--methods", nargs="+", help="methods (default: every method)")
+    real.add_argument(
+        "--methods",
+        nargs="+",
+        help="methods (default: every method); METHOD@TARGET (skmm@jacobian_blocks, skmm@loss, "
+        "skmm@loss_random) selects from that gradient target's sketch (finetune protocol)",
+    )
     real.add_argument("--budgets", type=int, nargs="+", help="coreset sizes n")
     real.add_argument("--seeds", type=int, default=5, help="selection seeds")
     real.add_argument("--max-length", type=int, default=128, help="food-reviews: tokens per text")
@@ -295,6 +305,9 @@ def _select_command(args: argparse.Namespace) -> int:
             f"--method {args.method} selects for a target set: pass --target FILE (the "
             "target's features, of the same kind as the pool's)"
         )
+    blocks = source_blocks(args.features)
+    if args.method == "skmm" and (blocks or 1) > 1:  # a store of jacobian_blocks gradients
+        options.setdefault("blocks", blocks)
     features, labels = open_features(args.features, args.key)
     target = None
     if args.target:

@@ -30,6 +30,7 @@ lazy greedy reads back only the rows it refreshes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ def whiten(rows: torch.Tensor, spectrum: Spectrum, k: int) -> torch.Tensor:
 
 
 def _offset(spectrum: Spectrum, basis: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | float:
-    """Λ_k^{-1/2} V_kᵀ μ, what centering subtracts from every whitened row (0 uncentered)."""
+    """Λ_k^{-1/2} V_kᵀ μ, what centering subtracts from every whitened row (0 uncentered);
+    (K, k), one per block, for a spectrum of K blocks."""
     if spectrum.mean is None:
         return 0.0
     return (spectrum.mean.to(basis.device) @ basis) * scale
@@ -126,6 +128,11 @@ def _offset(spectrum: Spectrum, basis: torch.Tensor, scale: torch.Tensor) -> tor
 class WhitenedRows:
     """z_i = Λ_k^{-1/2} V_kᵀ (g̃_i − μ) (float64) for this rank's rows of a pool (μ the mean row
     of a centered spectrum, else 0); with ``intercept``, (z_i, 1), whose pool moment is still I.
+
+    For a spectrum of K blocks (rows of K blocks g̃_ik, :class:`~skmm.spectrum.Spectrum`),
+    row i is the K × d block Z_i, stored flat (K·d): z_ik = Λ_k^{-1/2} V_kᵀ (g̃_ik − μ_k), with
+    the intercept e_k (each output's own bias), so (1/N) Σ_i Z_iᵀZ_i = I still. ``dim`` is d,
+    ``blocks`` K and ``k`` the stored width K·d.
 
     z is computed once, chunk by chunk. ``keep``: held in memory (in-memory pools);
     otherwise spilled to a temporary file (:class:`~skmm.rows.SpilledRows`) and read back by
@@ -144,16 +151,18 @@ class WhitenedRows:
     ) -> None:
         self.rows = rows
         self.layout = rows.layout
-        self.k = rows.n_cols if spectrum is None or k is None else k
+        self.blocks = 1 if spectrum is None else spectrum.blocks
+        self.dim = rows.n_cols if spectrum is None or k is None else k
         self.intercept = intercept and spectrum is not None
         self._basis = self._scale = None
         self._offset: torch.Tensor | float = 0.0
         if spectrum is not None:
-            self._basis = spectrum.eigenvectors[:, : self.k].to(rows.device)
-            self._scale = spectrum.eigenvalues[: self.k].to(rows.device).rsqrt()
+            self._basis = spectrum.eigenvectors[:, : self.dim].to(rows.device)
+            self._scale = spectrum.eigenvalues[: self.dim].to(rows.device).rsqrt()
             self._offset = _offset(spectrum, self._basis, self._scale)
         if self.intercept:
-            self.k += 1
+            self.dim += self.blocks
+        self.k = self.blocks * self.dim
         self._kept: torch.Tensor | None = None
         self._spilled: SpilledRows | None = None
         if keep:
@@ -177,10 +186,16 @@ class WhitenedRows:
         rows = rows.to(torch.float64)
         if self._basis is None:
             return rows
-        z = row_products(rows, self._basis) * self._scale - self._offset
+        count, blocks = rows.shape[0], self.blocks
+        flat = rows.reshape(count * blocks, rows.shape[1] // blocks)
+        z = (row_products(flat, self._basis) * self._scale).reshape(
+            count, blocks, self._basis.shape[1]
+        )
+        z = z - self._offset
         if self.intercept:
-            z = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1)
-        return z
+            units = torch.eye(blocks, dtype=z.dtype, device=z.device).expand(count, -1, -1)
+            z = torch.cat([z, units], dim=2)
+        return z.reshape(count, self.k)
 
     def chunks(self) -> Iterator[torch.Tensor]:
         """z of this rank's rows, chunk by chunk in order."""
@@ -237,14 +252,26 @@ def greedy_design(
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     if isinstance(whitened, torch.Tensor):
         whitened = WhitenedRows.from_tensor(whitened)
+    blocks = whitened.blocks
     if lazy is None:
-        lazy = criterion == "logdet" or whitened.layout.n_rows * n * whitened.k > PLAIN_GREEDY_LIMIT
+        lazy = (
+            criterion == "logdet"
+            or blocks > 1
+            or whitened.layout.n_rows * n * whitened.k > PLAIN_GREEDY_LIMIT
+        )
     if whitened.layout.rank > 0:
         progress = False
     if not lazy and criterion == "aopt":
+        if blocks > 1:
+            raise ValueError("rows of K blocks are selected by the lazy greedy only (lazy=True)")
         return _greedy_aopt(whitened, n, ridge, progress)
-    gain = _logdet_gain if criterion == "logdet" else _aopt_gain
-    return _lazy_greedy(whitened, n, ridge, gain, criterion, progress)
+    if blocks == 1:
+        gain = _logdet_gain if criterion == "logdet" else _aopt_gain
+        add = _add_to_inverse
+    else:
+        gain = functools.partial(_block_gain, blocks=blocks, logdet=criterion == "logdet")
+        add = functools.partial(_add_block_to_inverse, blocks=blocks)
+    return _lazy_greedy(whitened, n, ridge, gain, add, criterion, progress)
 
 
 def _logdet_gain(block: torch.Tensor, inverse: torch.Tensor, n: int) -> torch.Tensor:
@@ -264,11 +291,47 @@ def _add_to_inverse(inverse: torch.Tensor, point: torch.Tensor, n: int) -> torch
     return inverse - torch.outer(image, image) / (n + float((point * image).sum()))
 
 
+def _block_gain(
+    block: torch.Tensor, inverse: torch.Tensor, n: int, *, blocks: int, logdet: bool
+) -> torch.Tensor:
+    """The gain of adding Z_iᵀZ_i/n (Z_i the K × d block of each row of ``block``), by
+    Woodbury with A_i = Z_i M⁻¹ Z_iᵀ and U_i = Z_i M⁻¹: log det(I + A_i/n) ("logdet"), or
+    tr M⁻¹ − tr (M + Z_iᵀZ_i/n)⁻¹ = tr((nI + A_i)⁻¹ U_i U_iᵀ) ("aopt"). Each row's value comes
+    from its own elementwise products and K × K Cholesky factor, whatever the other rows."""
+    count, dim = block.shape[0], inverse.shape[0]
+    z = block.reshape(count, blocks, dim)
+    image = row_products(z.reshape(count * blocks, dim), inverse).reshape(z.shape)
+    inner = (image[:, :, None, :] * z[:, None, :, :]).sum(dim=3)  # A_i, (count, K, K)
+    inner = (inner + inner.transpose(1, 2)) / 2
+    eye = torch.eye(blocks, dtype=inner.dtype, device=inner.device)
+    if logdet:
+        factor = torch.linalg.cholesky(eye + inner / n)
+        return 2 * torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(dim=1)
+    factor = torch.linalg.cholesky(n * eye + inner)
+    solved = torch.cholesky_solve(image, factor)  # (nI + A_i)⁻¹ U_i
+    return (solved * image).sum(dim=(1, 2))
+
+
+def _add_block_to_inverse(
+    inverse: torch.Tensor, point: torch.Tensor, n: int, *, blocks: int
+) -> torch.Tensor:
+    """M⁻¹ − U ᵀ(nI + Z M⁻¹ Zᵀ)⁻¹ U with U = Z M⁻¹, the inverse after adding ZᵀZ/n for the
+    K × d block Z of ``point`` (Woodbury)."""
+    z = point.reshape(blocks, -1)
+    image = z @ inverse
+    inner = image @ z.T
+    inner = (inner + inner.T) / 2
+    eye = torch.eye(blocks, dtype=inner.dtype, device=inner.device)
+    factor = torch.linalg.cholesky(n * eye + inner)
+    return inverse - image.T @ torch.cholesky_solve(image, factor)
+
+
 def _lazy_greedy(
     points: WhitenedRows,
     n: int,
     ridge: float,
     gain: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    add: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     criterion: str,
     progress: bool | None,
 ) -> GreedyResult:
@@ -282,7 +345,7 @@ def _lazy_greedy(
     """
     layout, k = points.layout, points.k
     device = points.rows.device
-    inverse = torch.eye(k, dtype=torch.float64, device=device) / ridge
+    inverse = torch.eye(points.dim, dtype=torch.float64, device=device) / ridge
     piece_rows = max(512, GAIN_ENTRIES // k)
     parts = [
         gain(part, inverse, n) for block in points.chunks() for part in block.split(piece_rows)
@@ -342,7 +405,7 @@ def _lazy_greedy(
                 if window is not None:
                     picked_row = torch.tensor([row - layout.start], device=device)
                     window.refreshed(bounds, picked_row, bounds[picked_row])
-            inverse = _add_to_inverse(inverse, picked[step], n)
+            inverse = add(inverse, picked[step], n)
             bar.update(1)
     return GreedyResult(order, gains, evaluations, picked)
 

@@ -226,12 +226,20 @@ class Selection:
             of = f" of m = {sketch['sketch_dim']}" if "sketch_dim" in sketch else ""
             gap = directions.get("gap_ratio")
             ratio = f", eigengap ratio {gap:.3g}" if isinstance(gap, (int, float)) else ""
+            blocks = sketch.get("blocks", 1)
             about = " about the mean, and the intercept" if info.get("centered") else ""
+            if blocks > 1 and info.get("centered"):
+                about = " about each block's mean, with an intercept per block"
             of_target = f", of the target's {info['target']['n_rows']} rows" if target else ""
             lines.append(
                 f"  directions matched: k = {directions['k']}{of}{about}{of_target} "
                 f"(rule {directions['rule']!r}{ratio})"
             )
+            if blocks > 1:
+                lines.append(
+                    f"  each row is {blocks} blocks (a {blocks}-output Jacobian): its rank-"
+                    f"{blocks} moment is added at once"
+                )
         candidates = info.get("candidates")
         if isinstance(candidates, dict) and "rows" in candidates:
             lines.append(

@@ -523,6 +523,7 @@ def sketch_features(
     *,
     progress: bool | None = False,
     rows: tuple[int, int] | None = None,
+    blocks: int = 1,
 ) -> torch.Tensor:
     """Sketch a validated :class:`FeatureMatrix`; see :func:`sketch`.
 
@@ -530,40 +531,47 @@ def sketch_features(
     :meth:`SketchMap.apply_sparse`, row batch by row batch, never densified.
 
     ``rows``: sketch only rows [start, stop), e.g. one rank's share of the pool; their sketch
-    equals those rows of the whole pool's.
+    equals those rows of the whole pool's. ``blocks`` = K: each row holds K blocks of r/K
+    columns side by side (a K-output Jacobian); each block is sketched by the same map of
+    r/K rows, giving (N, K·m).
     """
     if batch_size is None:
-        batch_size = default_batch_rows(features, sketch_dim)
+        batch_size = max(1, default_batch_rows(features, sketch_dim) // blocks)
     batch_size = check_positive_int(batch_size, "batch_size")
     first, last = rows if rows is not None else (0, features.n_rows)
     itemsize = torch.empty((), dtype=features.compute_dtype).element_size()
+    sparse = isinstance(features.source, SparseRows)
+    if blocks > 1 and sparse:
+        raise ValueError(
+            "a sparse matrix cannot be sketched in blocks; pass it dense, or sketch each "
+            "block's columns separately and put the sketches side by side"
+        )
+    width = blocks * sketch_dim
     check_memory(
-        (last - first) * sketch_dim * itemsize,
-        f"the ({last - first}, {sketch_dim}) sketch",
+        (last - first) * width * itemsize,
+        f"the ({last - first}, {width}) sketch",
         "use a smaller sketch_dim, or sketch row ranges separately and write each to disk "
         "(skmm.sketch(matrix[a:b], m, seed=s) gives the same rows as the whole sketch)",
         features.device,
     )
-    sparse = isinstance(features.source, SparseRows)
     sketch_map = SketchMap(
-        features.n_cols,
+        features.n_cols // blocks,
         sketch_dim,
         kind,
         seed,
         device="cpu" if sparse else features.device,
         dtype=features.compute_dtype,
     )
-    out = torch.empty(
-        last - first, sketch_dim, dtype=features.compute_dtype, device=features.device
-    )
+    out = torch.empty(last - first, width, dtype=features.compute_dtype, device=features.device)
     with progress_bar(last - first, "sketch", progress, unit="row") as bar:
         for start in range(first, last, batch_size):
             stop = min(start + batch_size, last)
             if sparse:
                 product = sketch_map.apply_sparse(features.source.csr_rows(start, stop))
             else:
-                product = sketch_map.apply(features.rows(start, stop))
-            out[start - first : stop - first] = product.to(out.dtype)
+                block = features.rows(start, stop)
+                product = sketch_map.apply(block.reshape(-1, sketch_map.n_cols))
+            out[start - first : stop - first] = product.reshape(stop - start, width).to(out.dtype)
             bar.update(stop - start)
     return out
 

@@ -85,6 +85,22 @@ def sketch_identity(source: object) -> dict[str, object] | None:
     return {name: metadata.get(name) for name in SKETCH_IDENTITY}
 
 
+def source_blocks(source: object) -> int | None:
+    """K for a store (or its path) or gradient sketch of ``target="jacobian_blocks"``
+    gradients (each row K sketches side by side), 1 for another one, None for anything else."""
+    metadata = None
+    if isinstance(source, (str, os.PathLike)) and is_store(Path(source)):
+        source = SketchStore.open(Path(source), verify=False)
+    if isinstance(source, SketchStore):
+        return source.blocks
+    sketching = sys.modules.get("skmm.gradients.sketching")
+    if sketching is not None and isinstance(source, sketching.GradientSketch):
+        metadata = source.metadata
+    if metadata is None:
+        return None
+    return int(metadata.get("blocks", 1))
+
+
 def check_same_sketch(pool: object, target: object) -> None:
     """Refuse a target whose gradient sketch differs from the pool's in model, parameters,
     gradient target or map (both must carry their identity: stores, gradient sketches)."""

@@ -16,12 +16,17 @@ UNSKETCHED_MAX_COLUMNS = 16384
 @dataclass(frozen=True)
 class Spectrum:
     """Eigenpairs of Σ̃ = G̃ᵀG̃/N, or of the centered Σ̃ − μμᵀ (μ = the mean row, ``mean``;
-    None when uncentered), eigenvalues in descending order (negatives clipped to 0)."""
+    None when uncentered), eigenvalues in descending order (negatives clipped to 0).
+
+    With ``blocks`` = K, every row holds K blocks g̃_i1..g̃_iK (a K-output Jacobian, sketched
+    block by block): Σ̃ = (1/N) Σ_i Σ_k g̃_ik g̃_ikᵀ, centered about each block's own mean μ_k
+    (``mean`` is then (K, m)), so Σ̃ − Σ_k μ_k μ_kᵀ."""
 
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
     n_rows: int
     mean: torch.Tensor | None = None
+    blocks: int = 1
 
     @property
     def trace(self) -> float:
@@ -48,44 +53,48 @@ def covariance(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch
 
 
 def pool_moments(
-    rows: PoolRows, with_mean: bool = True
+    rows: PoolRows, with_mean: bool = True, blocks: int = 1
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(μ, Σ̃): the mean row (None unless ``with_mean``) and G̃ᵀG̃/N in float64 over every
-    rank's rows, streamed chunk by chunk in one pass.
+    rank's rows, streamed chunk by chunk in one pass; with ``blocks`` = K, the (K, m) means of
+    the rows' K blocks and (1/N) Σ_i Σ_k g̃_ik g̃_ikᵀ.
 
     Chunk sums and products G̃_cᵀG̃_c are added in chunk order into one partial per block and
     the partials in block order (:mod:`skmm.rows`), so both are the same on 1 or P ranks.
     """
-    width = rows.n_cols
+    width = rows.n_cols // blocks
     square = torch.zeros(width, width, dtype=torch.float64, device=rows.device)
-    line = torch.zeros(width, dtype=torch.float64, device=rows.device)
-    blocks = rows.layout.local_blocks()
-    squares = [square.clone() for _ in blocks]
-    sums = [line.clone() for _ in blocks] if with_mean else None
+    line = torch.zeros(blocks, width, dtype=torch.float64, device=rows.device)
+    local_blocks = rows.layout.local_blocks()
+    squares = [square.clone() for _ in local_blocks]
+    sums = [line.clone() for _ in local_blocks] if with_mean else None
     for block, _, chunk in rows.chunks():
-        chunk = chunk.to(torch.float64)
-        squares[block] = squares[block] + chunk.T @ chunk
+        chunk = chunk.to(torch.float64).reshape(-1, blocks, width)
+        flat = chunk.reshape(-1, width)
+        squares[block] = squares[block] + flat.T @ flat
         if sums is not None:
             sums[block] = sums[block] + chunk.sum(dim=0)
     second = rows.layout.fold(squares, square) / rows.n_rows
     mean = None if sums is None else rows.layout.fold(sums, line) / rows.n_rows
-    return mean, second
+    return (mean[0] if mean is not None and blocks == 1 else mean), second
 
 
-def spectrum(rows: torch.Tensor | PoolRows, center: bool = False) -> Spectrum:
+def spectrum(rows: torch.Tensor | PoolRows, center: bool = False, blocks: int = 1) -> Spectrum:
     """Eigen-decomposition of Σ̃ = G̃ᵀG̃/N for an (N, m) sketch, accumulated in float64;
-    with ``center``, of the covariance Σ̃ − μμᵀ about the mean row μ.
+    with ``center``, of the covariance Σ̃ − μμᵀ about the mean row μ. ``blocks`` = K: rows
+    of K blocks of m (:class:`Spectrum`), each block centered about its own mean.
 
     A tensor is the whole pool on this process; :class:`~skmm.rows.PoolRows` are this
     rank's rows of a pool spread over ranks.
     """
     pool = rows if isinstance(rows, PoolRows) else PoolRows.from_tensor(rows)
-    mean, second = pool_moments(pool, with_mean=center)
+    mean, second = pool_moments(pool, with_mean=center, blocks=blocks)
     if mean is not None:
-        second = second - torch.outer(mean, mean)
+        means = mean.reshape(blocks, -1)
+        second = second - means.T @ means
     values, vectors = torch.linalg.eigh(second)
     order = torch.argsort(values, descending=True)
-    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], pool.n_rows, mean)
+    return Spectrum(values[order].clamp_min(0.0), vectors[:, order], pool.n_rows, mean, blocks)
 
 
 def intrinsic_dimension(eigenvalues: np.ndarray, n_rows: int) -> int:

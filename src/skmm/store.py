@@ -81,6 +81,8 @@ class SketchStore:
     complete: bool
     metadata: dict[str, Any]
     sketch_dim: int
+    blocks: int
+    width: int
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, writable: bool) -> None:
         """Private: use :meth:`open_for_writing` or :meth:`open`."""
@@ -90,6 +92,8 @@ class SketchStore:
         self.complete = manifest["state"] == "complete"
         self.metadata = manifest["metadata"]
         self.sketch_dim = self.identity["sketch_dim"]
+        self.blocks = self.identity.get("blocks", 1)  # sketches per example, side by side
+        self.width = self.sketch_dim * self.blocks
         self._shards: list[dict[str, Any]] = list(manifest["shards"])
         self._partial: dict[str, Any] | None = manifest.get(PARTIAL)
         self.rows_done = sum(shard["rows"] for shard in self._shards)
@@ -236,10 +240,8 @@ class SketchStore:
         """
         self._check_writable("append to")
         features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.sketch_dim:
-            raise ValueError(
-                f"features must have shape (rows, {self.sketch_dim}); got {features.shape}"
-            )
+        if features.ndim != 2 or features.shape[1] != self.width:
+            raise ValueError(f"features must have shape (rows, {self.width}); got {features.shape}")
         if features.dtype != np.float32:
             raise ValueError(f"features must be float32; got {features.dtype}")
         rows = features.shape[0]
@@ -329,8 +331,8 @@ class SketchStore:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(N, m): rows stored and the sketch dimension."""
-        return (self.rows_done, self.sketch_dim)
+        """(N, K·m): rows stored and the row width (the sketch dimension times the blocks)."""
+        return (self.rows_done, self.width)
 
     def __len__(self) -> int:
         return self.rows_done
@@ -339,11 +341,11 @@ class SketchStore:
         """The (N, m) float32 matrix in memory, shards concatenated in order (checksums
         verified again)."""
         check_memory(
-            self.rows_done * self.sketch_dim * _FEATURE_DTYPE.itemsize,
-            f"reading the ({self.rows_done}, {self.sketch_dim}) sketch of store {self.path}",
+            self.rows_done * self.width * _FEATURE_DTYPE.itemsize,
+            f"reading the ({self.rows_done}, {self.width}) sketch of store {self.path}",
             "sketch again into a new store with a smaller --sketch-dim",
         )
-        out = np.empty((self.rows_done, self.sketch_dim), dtype=np.float32)
+        out = np.empty((self.rows_done, self.width), dtype=np.float32)
         for shard in self._shards:
             out[shard["start"] : shard["start"] + shard["rows"]] = self._read_features(shard)
         return out
@@ -536,7 +538,7 @@ class SketchStore:
             self.path,
             shard["file"],
             shard["sha256"],
-            (shard["rows"], self.sketch_dim),
+            (shard["rows"], self.width),
             _FEATURE_DTYPE,
         ).astype(np.float32, copy=False)
 
@@ -563,7 +565,7 @@ class StoreArray:
 
     def __init__(self, store: SketchStore) -> None:
         self.store = store
-        self.shape = (store.rows_done, store.sketch_dim)
+        self.shape = (store.rows_done, store.width)
         self._starts = np.asarray(
             [shard["start"] for shard in store._shards] + [store.rows_done], dtype=np.int64
         )
@@ -694,6 +696,10 @@ def _check_identity(identity: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"the store identity needs a positive integer 'sketch_dim'; got {sketch_dim!r}"
         )
+    if "blocks" in identity and not _is_int(identity["blocks"], 1):
+        raise ValueError(
+            f"the store identity's 'blocks' must be a positive integer; got {identity['blocks']!r}"
+        )
     return identity
 
 
@@ -760,6 +766,8 @@ def _load_manifest(path: Path) -> dict[str, Any]:
     identity = manifest["identity"]
     if not isinstance(identity, dict) or not _is_int(identity.get("sketch_dim"), 1):
         raise bad("has no identity with a positive integer sketch_dim")
+    if not _is_int(identity.get("blocks", 1), 1):
+        raise bad(f"has a bad blocks count {identity['blocks']!r}")
     shard_rows = manifest["shard_rows"]
     if not _is_int(shard_rows, 1):
         raise bad(f"has a bad shard_rows {shard_rows!r}")

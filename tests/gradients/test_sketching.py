@@ -12,7 +12,7 @@ import skmm
 from skmm.gradients import load_gradient_sketch, sinks, sketch_gradients
 from skmm.gradients.params import resolve_params
 from skmm.gradients.per_sample import random_labels, random_signs
-from skmm.store import StoreError
+from skmm.store import SketchStore, StoreError
 
 
 def small_cnn(seed=0):
@@ -332,7 +332,7 @@ def test_the_partial_shard_is_saved_once_per_flush_interval(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"target": "hessian"}, "jacobian, loss, loss_random"),
+        ({"target": "hessian"}, "jacobian, loss, loss_random, jacobian_blocks"),
         ({"sketch": "fjlt"}, "gaussian, sparse_sign"),
         ({"sketch_dim": 0}, "sketch_dim"),
         ({"params": ["nothing.*"]}, "matches no parameter"),
@@ -372,3 +372,92 @@ def test_a_complete_store_of_one_short_shard_is_read_back(tmp_path):
     again = sketch_gradients(model, data, **options)
     assert first.features.shape == (10, 8)
     np.testing.assert_array_equal(again.features, first.features)
+
+
+def loop_output_gradients(model, data, names):
+    """Reference: the gradient of every output of every example, rows (i, k) in order."""
+    model.eval()
+    chosen = dict(model.named_parameters())
+    rows = []
+    for index in range(len(data)):
+        inputs = data[index][0]
+        outputs = model(inputs[None])[0].reshape(-1)
+        for k in range(outputs.numel()):
+            model.zero_grad()
+            model(inputs[None])[0].reshape(-1)[k].backward()
+            rows.append(torch.cat([chosen[name].grad.reshape(-1) for name in names]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("per_sample", ["auto", "vmap"])
+@pytest.mark.parametrize("params", ["trainable", "last:2"])
+def test_jacobian_blocks_are_every_outputs_gradient_sketched_by_one_map(per_sample, params):
+    model, data = small_cnn(), image_data(rows=24)
+    names = [name for name, _ in resolve_params(model, params)]
+    explicit = loop_output_gradients(model, data, names)  # (24·5, r)
+    expected = skmm.sketch(explicit.numpy(), 16, kind="sparse_sign", seed=2).reshape(24, 5 * 16)
+    result = sketch_gradients(
+        model,
+        data,
+        params=params,
+        sketch_dim=16,
+        seed=2,
+        target="jacobian_blocks",
+        per_sample=per_sample,
+        batch_size=8,
+        progress=False,
+    )
+    np.testing.assert_allclose(result.features, expected, rtol=1e-4, atol=1e-5)
+    assert result.metadata["blocks"] == 5
+    assert result.metadata["per_sample"] == ("hooks" if per_sample == "auto" else "vmap")
+    # the random-sign Jacobian row is one combination of these blocks, Σ_k v_ik J_ik
+    signs = random_signs(2, 0, 24, 5).numpy()
+    combined = (result.features.reshape(24, 5, 16) * signs[:, :, None]).sum(axis=1)
+    jacobian = sketch_gradients(model, data, params=params, sketch_dim=16, seed=2, progress=False)
+    np.testing.assert_allclose(jacobian.features, combined, rtol=1e-4, atol=1e-5)
+
+
+def test_jacobian_blocks_of_a_linear_head_and_with_kronecker_maps():
+    torch.manual_seed(1)
+    head = nn.Linear(6, 3)
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(30, 6, generator=gen), torch.randint(0, 3, (30,)))
+    for kind in ("sparse_sign", "kronecker"):
+        closed = sketch_gradients(head, data, sketch_dim=8, sketch=kind, target="jacobian_blocks")
+        wrapped = sketch_gradients(
+            nn.Sequential(head), data, sketch_dim=8, sketch=kind, target="jacobian_blocks"
+        )
+        assert closed.metadata["per_sample"] == "closed form"
+        assert closed.features.shape == (30, 3 * 8)
+        np.testing.assert_allclose(closed.features, wrapped.features, rtol=1e-5, atol=1e-6)
+
+
+def test_a_store_of_jacobian_blocks_resumes_identically(tmp_path):
+    model, data = small_cnn(), image_data(rows=40)
+    options = {"sketch_dim": 8, "target": "jacobian_blocks", "batch_size": 8, "progress": False}
+    whole = sketch_gradients(model, data, **options)
+    store = tmp_path / "store"
+    first = sketch_gradients(model, data, store=store, shard_rows=16, **options)
+    np.testing.assert_array_equal(first.features, whole.features)
+    resumed = sketch_gradients(model, data, store=store, shard_rows=16, **options)
+    np.testing.assert_array_equal(resumed.features, whole.features)
+    opened = SketchStore.open(store)
+    assert (opened.blocks, opened.width, opened.shape) == (5, 40, (40, 40))
+    with pytest.raises(StoreError, match="target"):
+        sketch_gradients(
+            model, data, store=store, shard_rows=16, **{**options, "target": "jacobian"}
+        )
+
+
+def test_jacobian_blocks_refusals():
+    data = image_data(rows=8)
+    with pytest.raises(ValueError, match="K = 300 outputs"):
+        sketch_gradients(
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 300)),
+            data,
+            sketch_dim=8,
+            target="jacobian_blocks",
+        )
+    batches = (data.tensors[0][i : i + 4] for i in range(0, 8, 4))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        sketch_gradients(small_cnn(), batches, sketch_dim=8, target="jacobian_blocks")

@@ -8,7 +8,9 @@ selector sees it. Beside the methods, every grid holds two references (:data:`RE
 class-stratified uniform coresets at each n, and the whole pool (the protocol's ceiling).
 Selection features are the frozen embeddings for ``linear`` and, for ``finetune``, the
 sketched per-sample gradients of the finetuned layers
-(``target="jacobian"``, m = 256), cached in a resumable store. Runs go to a journal
+(``target="jacobian"``, m = 256), cached in a resumable store; a method named
+``METHOD@TARGET`` (``skmm@jacobian_blocks``, ``skmm@loss``, ``skmm@loss_random``) selects from
+the sketch of that gradient target instead (:func:`split_method`). Runs go to a journal
 (:mod:`skmm.bench.journal`) that several processes may share; :func:`real_report` writes
 its tables and plot (:mod:`skmm.bench.report`).
 """
@@ -27,7 +29,8 @@ import torch
 
 from ..api import get_method, select
 from ..api import methods as method_names
-from ..gradients import sketch_gradients
+from ..gradients import GradientSketch, sketch_gradients
+from ..gradients.per_sample import TARGETS as GRADIENT_TARGETS
 from ..io import atomic_write, file_lock, read_json
 from .journal import Journal, RealRun, read_runs_csv, run_grid, write_runs_csv
 from .report import Report, plot_real, real_markdown, summarize_real, training_line
@@ -58,6 +61,19 @@ QUICK = {
     "methods": ("skmm", "uniform"),
 }
 QUICK_FILLS = ("methods", "budgets", "limit_train", "limit_test")  # where the request gives none
+DEFAULT_GRADIENTS = "jacobian"
+
+
+def split_method(name: str) -> tuple[str, str]:
+    """(method, gradient target) of a grid's method name: ``"skmm@loss"`` → ("skmm", "loss");
+    a name without ``@`` selects from the :data:`DEFAULT_GRADIENTS` sketch."""
+    method, _, gradients = name.partition("@")
+    if gradients and gradients not in GRADIENT_TARGETS:
+        raise ValueError(
+            f"{name!r}: unknown gradient target {gradients!r}; after '@' name one of: "
+            f"{', '.join(GRADIENT_TARGETS)}"
+        )
+    return method, gradients or DEFAULT_GRADIENTS
 
 
 def run_real(
@@ -105,10 +121,17 @@ def run_real(
     if methods is None:
         methods = [m for m in method_names() if not get_method(m).requires_target]
     budgets = DEFAULT_BUDGETS if budgets is None else budgets
-    for method in methods:
+    for name in methods:
+        method, _ = split_method(name)
         if get_method(method).requires_target:
             raise ValueError(
                 f"method {method!r} selects only for a target set, and this benchmark has none"
+            )
+        if "@" in name and "linear" in protocols:
+            raise ValueError(
+                f"{name!r} names the gradients it selects from, which only the finetune "
+                "protocol uses (linear probing selects from the embeddings): run it with "
+                "--protocols finetune"
             )
     cache = Path(cache_dir)
     task = prepare_task(
@@ -149,22 +172,30 @@ def run_real(
     if references:
         cells += [(n, "uniform-stratified") for n in budgets] + [(pool, "full-pool")]
     grid = [(p, n, m, s) for p in protocols for n, m in cells for s in range(seeds)]
-    features: dict[str, np.ndarray] = {}  # per protocol, computed on its first run here
+    features: dict[tuple[str, str], object] = {}  # computed on the first run that needs them
 
     def run(key: tuple) -> RealRun:
         protocol, n, method, seed = key
-        if protocol not in features:
-            features[protocol] = _selection_features(protocol, task, cache, progress)
+        which = (protocol, split_method(method)[1])
+        if which not in features:
+            features[which] = _selection_features(protocol, task, cache, progress, which[1])
         return _one_run(
-            (protocol, method, n, seed), features[protocol], task, hyper, penalties, stratify
+            (protocol, method, n, seed), features[which], task, hyper, penalties, stratify
         )
 
     return run_grid(grid, shared, run, progress)
 
 
 def _selection_features(
-    protocol: str, task: PreparedTask, cache: Path, progress: bool | None
-) -> np.ndarray:
+    protocol: str,
+    task: PreparedTask,
+    cache: Path,
+    progress: bool | None,
+    gradients: str = DEFAULT_GRADIENTS,
+) -> np.ndarray | GradientSketch:
+    """The embeddings (linear), or the gradient sketch of target ``gradients`` (finetune),
+    computed once into a store in ``cache``: a sketch of ``"jacobian_blocks"`` carries its
+    blocks to SkMM."""
     if protocol == "linear":
         return task.train.embedding
     train = task.train
@@ -176,22 +207,22 @@ def _selection_features(
         for start in range(0, len(train.labels), 32)
     ]
     digest = hashlib.sha256(train.embedding.tobytes()).hexdigest()[:16]
-    with file_lock(cache / f"grads-{digest}.lock"):  # one process sketches, the others load
-        result = sketch_gradients(
+    name = f"grads-{digest}" if gradients == DEFAULT_GRADIENTS else f"grads-{gradients}-{digest}"
+    with file_lock(cache / f"{name}.lock"):  # one process sketches, the others load
+        return sketch_gradients(
             task.base,
             batches,
             sketch_dim=SKETCH_DIM,
-            target="jacobian",
+            target=gradients,
             batch_size=32,
-            store=cache / f"grads-{digest}",
+            store=cache / name,
             progress=progress,
         )
-    return result.features
 
 
 def _one_run(
     key: tuple[str, str, int, int],
-    features: np.ndarray,
+    features: np.ndarray | GradientSketch,
     task: PreparedTask,
     hyper: dict[str, Any],
     penalties: dict[str, float],
@@ -224,13 +255,19 @@ def _one_run(
 
 
 def _coreset(
-    features: np.ndarray, n: int, method: str, labels: np.ndarray, seed: int, stratify: bool
+    features: np.ndarray | GradientSketch,
+    n: int,
+    method: str,
+    labels: np.ndarray,
+    seed: int,
+    stratify: bool,
 ) -> np.ndarray:
     """The rows trained on: a method's selection, or a reference's (:data:`REFERENCES`)."""
     if method == "full-pool":
         return np.arange(len(labels))
     if method == "uniform-stratified":
         method, stratify = "uniform", True
+    method = split_method(method)[0]
     options = {"stratify": True} if stratify else {}
     return select(features, n, method, labels=labels, random_state=seed, **options).indices
 

@@ -14,6 +14,10 @@
   loss does.
 - ``"loss_random"``: cross-entropy with a label drawn uniformly per example, as the paper's
   code does: label-free, and closer to the loss geometry than the Jacobian.
+- ``"jacobian_blocks"``: all K rows of the Jacobian, f_ik = o_k(xᵢ) for k = 1..K (K backward
+  passes): example i gives a K × r block Jᵢ, flattened to one row of K·r, and Σ_i JᵢᵀJᵢ is the
+  Jacobian's moment exactly, where ``"jacobian"`` has one random-sign combination vᵢᵀJᵢ of it
+  per example. For models with at most :data:`MAX_BLOCKS` outputs (classifiers).
 
 The model runs in eval mode (BatchNorm statistics frozen, dropout off). Gradients come from
 one batched forward and backward with hooks on the layers (:mod:`.hooks`) when every chosen
@@ -41,7 +45,10 @@ from .batches import Batch
 from .hooks import HookedGradients, find_owners
 from .structured import KroneckerSketch
 
-TARGETS = ("jacobian", "loss", "loss_random")
+TARGETS = ("jacobian", "loss", "loss_random", "jacobian_blocks")
+MAX_BLOCKS = 256
+"""The most outputs ``"jacobian_blocks"`` keeps one gradient row for (K backward passes and a
+K·m sketch per example)."""
 IGNORE_INDEX = -100
 """A token label that no loss counts (Hugging Face's convention for padding and prompts)."""
 ENGINES = ("auto", "hooks", "vmap")
@@ -189,6 +196,8 @@ class GradientComputer:
     ) -> None:
         self.model = model.to(device).eval()
         self.target = target
+        self.blocked = target == "jacobian_blocks"
+        self._weighted = target in ("jacobian", "jacobian_blocks")  # f_i = Σ_k aux_ik o_k(x_i)
         self.seed = seed
         self.device = device
         self.names = [name for name, _ in params]
@@ -222,16 +231,44 @@ class GradientComputer:
         return "hooks" if self.hooks is not None else "vmap"
 
     def __call__(self, batch: Batch, start: int) -> torch.Tensor:
-        """Gradients of rows [start, start + B) of the pool, float32 (B, r)."""
+        """Gradients of rows [start, start + B) of the pool, float32 (B, r); for
+        ``"jacobian_blocks"``, (B·K, r) with row i·K + k the gradient of output k of row i."""
         batch = batch.to(self.device)
         if self.closed_form:
             return self._closed_form(batch, start)
         labels, aux = self._labels_and_aux(batch, start)
+        if not self.blocked:
+            return check_finite_rows(self._gradients(batch, labels, aux), start)
+        parts = [self._gradients(batch, labels, aux) for aux in self._unit_outputs(batch.size)]
+        rows = torch.stack(parts, dim=1).reshape(batch.size * len(parts), -1)
+        return check_finite_rows(rows, start * len(parts))
+
+    def n_blocks(self, batch: Batch) -> int:
+        """Gradient rows per example: K for ``"jacobian_blocks"`` (checked against
+        :data:`MAX_BLOCKS`), else 1."""
+        if not self.blocked:
+            return 1
+        self._labels_and_aux(batch.to(self.device), 0)
+        width = int(self._width or 0)
+        if width > MAX_BLOCKS:
+            raise ValueError(
+                f"target='jacobian_blocks' keeps one gradient row per model output, and this "
+                f"model has K = {width:,} outputs per example (at most {MAX_BLOCKS}); use "
+                "target='jacobian' (one random-sign combination of the outputs) instead"
+            )
+        return width
+
+    def _unit_outputs(self, rows: int) -> list[torch.Tensor]:
+        """For each output k, the (rows, K) weights e_k that make f_i = o_k(x_i)."""
+        eye = torch.eye(int(self._width or 0), device=self.device)
+        return [eye[k].expand(rows, -1) for k in range(eye.shape[0])]
+
+    def _gradients(self, batch: Batch, labels: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """∇_θ f_i for every row of ``batch``, flattened in parameter order, float32 (B, r)."""
         grads = self._hooked(batch, labels, aux, None) if self.hooks is not None else None
         if grads is None:
             grads = self._per_example(self.params, batch.inputs, labels, aux)
-        rows = torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
-        return check_finite_rows(rows, start)
+        return torch.cat([grads[name].reshape(batch.size, -1).float() for name in self.names], 1)
 
     def sketched(self, batch: Batch, start: int, structured: KroneckerSketch) -> torch.Tensor:
         """Kronecker sketches (B, m), float64, of the gradients of rows [start, start + B).
@@ -244,14 +281,26 @@ class GradientComputer:
             rows = self._closed_form(batch, start)
             sizes = [self.params[name].numel() for name in self.names]
             parts = dict(zip(self.names, rows.split(sizes, dim=1), strict=True))
-            return structured.of_gradients(parts)
+            return structured.of_gradients(parts).reshape(batch.size, -1)
         labels, aux = self._labels_and_aux(batch, start)
+        if not self.blocked:
+            return check_finite_rows(self._structured(batch, labels, aux, structured), start)
+        parts = [
+            self._structured(batch, labels, unit, structured)
+            for unit in self._unit_outputs(batch.size)
+        ]
+        return check_finite_rows(torch.cat(parts, dim=1), start)
+
+    def _structured(
+        self, batch: Batch, labels: torch.Tensor, aux: torch.Tensor, structured: KroneckerSketch
+    ) -> torch.Tensor:
+        """Kronecker sketches (B, m) of ∇_θ f_i for every row of ``batch``."""
         sketch = self._hooked(batch, labels, aux, structured) if self.hooks is not None else None
         if sketch is None:
             sketch = structured.of_gradients(
                 self._per_example(self.params, batch.inputs, labels, aux)
             )
-        return check_finite_rows(sketch, start)
+        return sketch
 
     def _closed_form(self, batch: Batch, start: int) -> torch.Tensor:
         if self.target == "loss" and batch.labels is None:
@@ -346,7 +395,7 @@ class GradientComputer:
         if self._token_labels(outputs[0], labels[0]):
             return token_loss(outputs, labels, self.causal, reduction="sum")
         outputs = outputs.reshape(outputs.shape[0], -1)
-        if self.target == "jacobian":
+        if self._weighted:
             return (outputs * aux).sum()
         if self.target == "loss_random":
             return F.cross_entropy(outputs, aux, reduction="sum")
@@ -408,7 +457,7 @@ class GradientComputer:
         if self._token_labels(output, label):
             return token_loss(output, label, self.causal)
         output = output.reshape(-1)
-        if self.target == "jacobian":
+        if self._weighted:
             return (output * aux).sum()
         if self.target == "loss_random":
             return F.cross_entropy(output, aux)
@@ -424,7 +473,11 @@ class GradientComputer:
         features = inputs.reshape(batch.size, -1).float()
         outputs = outputs.reshape(batch.size, -1).float()
         width = outputs.shape[1]
-        if self.target == "jacobian":
+        if self.blocked:  # row i·K + k: δ = e_k
+            features = features.repeat_interleave(width, dim=0)
+            delta = torch.eye(width, device=self.device).repeat(batch.size, 1)
+            start *= width
+        elif self.target == "jacobian":
             delta = random_signs(self.seed, start, batch.size, width).to(self.device)
         else:
             labels = (
@@ -437,7 +490,7 @@ class GradientComputer:
             else:
                 delta = outputs.softmax(dim=1) - F.one_hot(labels.long(), width).float()
         parts = {
-            "weight": (delta[:, :, None] * features[:, None, :]).reshape(batch.size, -1),
+            "weight": (delta[:, :, None] * features[:, None, :]).reshape(delta.shape[0], -1),
             "bias": delta,
         }
         return check_finite_rows(torch.cat([parts[name] for name in self.names], dim=1), start)

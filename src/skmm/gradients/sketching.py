@@ -132,12 +132,6 @@ def sketch_gradients(
     device = resolve_device(device, next(model.parameters(), None))
     data = as_batch_source(data, model, batch_size)
     n_rows = dataset_length(data)
-    if n_rows is not None:
-        check_memory(
-            n_rows * sketch_dim * 4,
-            f"the ({n_rows}, {sketch_dim}) float32 sketch of the gradients",
-            "use a smaller sketch_dim (selecting reads the whole sketch)",
-        )
     chosen = resolve_params(model, params)
     if progress is not False and distributed.is_main():
         count = sum(p.numel() for _, p in chosen)
@@ -145,6 +139,13 @@ def sketch_gradients(
     was_training = model.training
     try:
         computer = GradientComputer(model, chosen, target, seed, device, per_sample)
+        blocks = computer.n_blocks(_first_row(data)) if computer.blocked else 1
+        if n_rows is not None:
+            check_memory(
+                n_rows * sketch_dim * blocks * 4,
+                f"the ({n_rows}, {sketch_dim * blocks}) float32 sketch of the gradients",
+                "use a smaller sketch_dim (selecting reads the whole sketch)",
+            )
         if sketch == "kronecker":
             shapes = {name: computer.params[name].shape for name in computer.names}
             sketch_map: SketchMap | KroneckerSketch = KroneckerSketch(
@@ -163,6 +164,8 @@ def sketch_gradients(
             "target": target,
             "dtype": "float32",
         }
+        if computer.blocked:
+            identity["blocks"] = blocks
         sink: MemorySink | StoreSink = (
             MemorySink(shard_rows, batch_size)
             if store is None
@@ -180,6 +183,18 @@ def sketch_gradients(
         return load_gradient_sketch(store) if load else _lazy_gradient_sketch(store)
     finally:
         model.train(was_training)
+
+
+def _first_row(data: object) -> Batch:
+    """The first example of ``data``, read without using up a source that is read again."""
+    if not is_map_style(data) and iter(data) is data:  # type: ignore[call-overload]
+        raise TypeError(
+            "target='jacobian_blocks' reads the first example to count the model's outputs, "
+            "and data is a one-shot iterator; pass a dataset, a DataLoader or a list of batches"
+        )
+    for batch in iterate_batches(data, 1, 0, 1):
+        return batch.rows(0, 1)
+    raise ValueError("data yielded no rows")
 
 
 class _Plan:
@@ -243,8 +258,8 @@ def _my_pieces(
     for row, part in _micro_batches(plan.my_batches(), plan.batch_size):
         if isinstance(sketch_map, KroneckerSketch):
             sketched = computer.sketched(part, row, sketch_map).float()
-        else:
-            sketched = sketch_map.apply(computer(part, row)).float()
+        else:  # K gradient rows per example (jacobian_blocks): each sketched, then side by side
+            sketched = sketch_map.apply(computer(part, row)).float().reshape(part.size, -1)
         yield row // plan.batch_size, sketched.cpu().numpy(), _integer_labels(part.labels)
 
 

@@ -42,6 +42,7 @@ from ..rounding import ROUNDINGS, round_weights
 from ..rows import PoolRows, row_products
 from ..seeding import derive_seed, numpy_rng
 from ..sketch import SKETCH_KINDS, sketch_features
+from ..sources import source_blocks
 from ..spectrum import UNSKETCHED_MAX_COLUMNS, Spectrum, spectrum
 from .base import MethodOutput, Selector, register
 from .targeted import nearest_picks, neighbor_blocks, neighbor_bytes
@@ -77,6 +78,13 @@ class SkMM(Selector):
     a target only) restricts the design to the max(⌈c·n⌉, T) pool rows that ``knn`` would pick
     for the target (its T rows taking turns, each its nearest unpicked sketched pool row), so
     the coreset covers the target's directions with rows from the target's neighbourhood.
+
+    ``blocks`` = K: every row holds K blocks of r/K columns, the K rows of a K-output
+    Jacobian side by side (``sketch_gradients(target="jacobian_blocks")`` writes them, and a
+    store or gradient sketch of that target sets ``blocks`` itself). Each block is sketched
+    by the same map; the moment is (1/N) Σ_i J̃_iᵀJ̃_i, each block centered about its own mean
+    with its own intercept, and the design adds each row's rank-K moment J̃_iᵀJ̃_i at once
+    (Woodbury updates, :mod:`skmm.design`). The other methods see the K·m columns as they are.
     """
 
     name = "skmm"
@@ -100,6 +108,7 @@ class SkMM(Selector):
         tol: float | None = None,
         batch_size: int | None = None,
         candidates: float | None = None,
+        blocks: int | None = None,
         stratify: Any = None,
         random_state: int | np.random.Generator | None = None,
         device: str | torch.device | None = None,
@@ -120,6 +129,21 @@ class SkMM(Selector):
         self.tol = tol
         self.batch_size = batch_size
         self.candidates = candidates
+        self.blocks = blocks
+        self._carried_blocks: int | None = None
+
+    def fit(self, features: object, labels: object = None, target: object = None) -> SkMM:
+        """As :meth:`Selector.fit`; a store or gradient sketch of ``target="jacobian_blocks"``
+        gradients sets ``blocks`` (unless it is given)."""
+        self._carried_blocks = source_blocks(features)
+        super().fit(features, labels, target)
+        return self
+
+    def _blocks(self) -> int:
+        """K, the blocks per row: the option, else what the features carry, else 1."""
+        if self.blocks is not None:
+            return self.blocks
+        return self._carried_blocks or 1
 
     def _objective(self) -> str:
         """The objective's name, an alias resolved."""
@@ -161,6 +185,13 @@ class SkMM(Selector):
             check_choice(self.objective, "objective", OBJECTIVES)
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "batch_size")
+        if self.blocks is not None:
+            check_positive_int(self.blocks, "blocks")
+        if n_cols % self._blocks():
+            raise ValueError(
+                f"blocks={self._blocks()} splits each row into equal blocks, but the rows have "
+                f"{n_cols} columns, not a multiple of {self._blocks()}"
+            )
         if self.candidates is not None:
             check_positive_float(self.candidates, "candidates")
             if self.candidates < 1:
@@ -195,18 +226,20 @@ class SkMM(Selector):
             check_positive_float(self._option("ridge"), "ridge")
             if not isinstance(self._option("center"), (bool, np.bool_)):
                 raise TypeError(f"center must be True or False, got {self.center!r}")
-        if (self.sketch == "none" or n_cols <= self.sketch_dim) and n_cols > UNSKETCHED_MAX_COLUMNS:
-            gib = n_cols * n_cols * 8 / 2**30
+        width = n_cols // self._blocks()
+        if (self.sketch == "none" or width <= self.sketch_dim) and width > UNSKETCHED_MAX_COLUMNS:
+            gib = width * width * 8 / 2**30
             raise ValueError(
-                f"sketch='none' with r = {n_cols} columns needs an r×r float64 covariance "
+                f"sketch='none' with r = {width} columns needs an r×r float64 covariance "
                 f"({gib:.1f} GiB) and O(N·r) per solver pass; sketch instead "
                 "(sketch='sparse_sign', sketch_dim=512)"
             )
 
     def _memory_bytes(self, n_pool: int, n_cols: int, n: int, itemsize: int) -> int:
-        """The (N, m) sketch, or the (N, r) features when they are not sketched."""
-        unsketched = self.sketch == "none" or n_cols <= self.sketch_dim
-        width = n_cols if unsketched else self.sketch_dim
+        """The (N, K·m) sketch, or the (N, r) features when they are not sketched."""
+        blocks = self._blocks()
+        unsketched = self.sketch == "none" or n_cols // blocks <= self.sketch_dim
+        width = n_cols if unsketched else blocks * self.sketch_dim
         held = n_pool * width * itemsize
         if self.candidates is None or self._target is None:
             return held
@@ -224,7 +257,8 @@ class SkMM(Selector):
         began = time.perf_counter()
         self._sketched_dim = None if self.sketch == "none" else self.sketch_dim
         rows = PoolRows.of(features)
-        if self.sketch == "none" or features.n_cols <= self.sketch_dim:
+        blocks = self._blocks()
+        if self.sketch == "none" or features.n_cols // blocks <= self.sketch_dim:
             reason = "sketch='none'" if self.sketch == "none" else "r <= sketch_dim"
             info: dict[str, Any] = {"sketch": {"kind": "none", "reason": reason}}
         else:
@@ -238,11 +272,14 @@ class SkMM(Selector):
                 self.batch_size,
                 progress=self.progress if layout.rank == 0 else False,
                 rows=(layout.start, layout.stop),
+                blocks=blocks,
             )
             rows = PoolRows(layout, sketched)
             info = {
                 "sketch": {"kind": self.sketch, "sketch_dim": self.sketch_dim, "seed": sketch_seed}
             }
+        if blocks > 1:
+            info["sketch"]["blocks"] = blocks
         self._target_spectrum = self._target_blocks = None
         if self._target is not None:
             info["target"] = self._prepare_target(info["sketch"])
@@ -255,10 +292,12 @@ class SkMM(Selector):
         if sketch["kind"] == "none":
             rows = target.to_tensor()
         else:
-            rows = sketch_features(target, self.sketch_dim, self.sketch, sketch["seed"], None)
+            rows = sketch_features(
+                target, self.sketch_dim, self.sketch, sketch["seed"], None, blocks=self._blocks()
+            )
         if self.candidates is not None:  # built once, for every class's candidates
             self._target_blocks = neighbor_blocks(rows)
-        self._target_spectrum = spectrum(rows, center=self._centered())
+        self._target_spectrum = spectrum(rows, center=self._centered(), blocks=self._blocks())
         return {
             "effective_rank": self._target_spectrum.effective_rank(),
             "intrinsic_dimension": self._target_spectrum.intrinsic_dimension(),
@@ -289,7 +328,7 @@ class SkMM(Selector):
         centered = self._centered()
         spec = self._target_spectrum
         if spec is None:
-            spec = spectrum(data, center=centered)
+            spec = spectrum(data, center=centered, blocks=self._blocks())
         rank = spec.effective_rank()
         timings = {"spectrum": time.perf_counter() - began}
         diagnostics: dict[str, Any] = {
@@ -331,14 +370,17 @@ class SkMM(Selector):
         In-memory pools keep the whitened rows in memory; streamed ones spill them to disk.
         """
         began = time.perf_counter()
-        choice = choose_directions(spec, self._option("directions"), self._sketched_dim, n)
+        choice = choose_directions(
+            spec, self._option("directions"), self._sketched_dim, n * self._blocks()
+        )
         whitened = WhitenedRows(
             data, spec, choice.k, keep=data.in_memory, intercept=spec.mean is not None
         )
         result = greedy_design(
             whitened, n, self._objective(), self._option("ridge"), progress=self.progress
         )
-        gammas = torch.linalg.eigvalsh(result.points.T @ result.points / n).cpu().numpy()
+        points = result.points.reshape(n * whitened.blocks, whitened.dim)
+        gammas = torch.linalg.eigvalsh(points.T @ points / n).cpu().numpy()
         smallest = float(gammas[0])
         info = {
             "directions": {"k": choice.k, "rule": choice.rule, "gap_ratio": choice.gap},
@@ -346,9 +388,11 @@ class SkMM(Selector):
             "gamma_min": smallest,
             "gamma_max": float(gammas[-1]),
             "c_S": 1.0 / smallest if smallest > 1e-12 else float("inf"),
-            "c_S_directions": whitened.k,
+            "c_S_directions": whitened.dim,
             "greedy": {"gains": result.gains.tolist(), "evaluations": result.evaluations},
         }
+        if whitened.blocks > 1:
+            info["blocks"] = whitened.blocks
         return MethodOutput(result.order, None, info, {"design": time.perf_counter() - began})
 
     def _match_diagonal(
@@ -362,11 +406,18 @@ class SkMM(Selector):
         began = time.perf_counter()
         values = spec.eigenvalues[:rank]
         vectors = spec.eigenvectors[:, :rank].to(data.device)
+        blocks = spec.blocks
 
         def project(rows: torch.Tensor) -> torch.Tensor:
-            return row_products(rows.to(torch.float64), vectors)
+            """(v_jᵀ g̃_ik): each row's K blocks' projections side by side, (rows, K·rank)."""
+            flat = rows.to(torch.float64).reshape(rows.shape[0] * blocks, rows.shape[1] // blocks)
+            return row_products(flat, vectors).reshape(rows.shape[0], blocks * rank)
 
-        parts = [project(rows).square_() for _, _, rows in data.chunks()]
+        def squares_of(rows: torch.Tensor) -> torch.Tensor:
+            """P_ij = Σ_k (v_jᵀ g̃_ik)², (rows, rank)."""
+            return project(rows).square_().reshape(rows.shape[0], blocks, rank).sum(dim=1)
+
+        parts = [squares_of(rows) for _, _, rows in data.chunks()]
         squares = (
             torch.cat(parts)
             if parts
@@ -392,11 +443,12 @@ class SkMM(Selector):
         chosen = chosen / chosen.sum() if chosen.sum() > 0 else np.full(n, 1.0 / n)
         drawn = _local_indicator(indices, layout.start, layout.n_local, 1.0 / n, data.device)
         picked = layout.rows_at(lambda local: project(data.take(local)), indices)
+        picked = picked.reshape(n * blocks, rank)
         info = {
             "solver": result.summary(),
             "objective": result.objective,
             "coreset_objective": problem.objective(problem.moments_of(drawn)),
-            **coreset_condition(picked, values, spec.intrinsic_dimension()),
+            **coreset_condition(picked, values, spec.intrinsic_dimension(), blocks),
         }
         return MethodOutput(indices, chosen, info, timings)
 
@@ -418,15 +470,18 @@ def _local_indicator(
     return out
 
 
-def coreset_condition(picked: torch.Tensor, eigenvalues: torch.Tensor, rank: int) -> dict[str, Any]:
+def coreset_condition(
+    picked: torch.Tensor, eigenvalues: torch.Tensor, rank: int, blocks: int = 1
+) -> dict[str, Any]:
     """c_S on the top directions: the least c with Σ̃ ⪯ c·Σ̃_S there (inf if Σ̃_S is singular).
 
-    ``picked`` holds the coreset's projections v_jᵀ g̃_i (n × directions). In whitened
-    coordinates z_i = Λ_k^{-1/2} V_kᵀ g̃_i the pool's moment is I, so
-    c_S = 1/λ_min(Z_SᵀZ_S/n) with k = min(r̄, n, rank).
+    ``picked`` holds the coreset's projections v_jᵀ g̃_i (n × directions; n·K rows, each
+    row's K blocks in turn, for rows of ``blocks`` = K). In whitened coordinates
+    z_i = Λ_k^{-1/2} V_kᵀ g̃_i the pool's moment is I, so c_S = 1/λ_min(Z_SᵀZ_S/n) with
+    k = min(r̄, n·K, rank).
     """
-    n = int(picked.shape[0])
-    k = max(1, min(rank, n, picked.shape[1]))
+    n = int(picked.shape[0]) // blocks
+    k = max(1, min(rank, n * blocks, picked.shape[1]))
     whitened = picked[:, :k] / eigenvalues[:k].to(picked.device).sqrt()
     smallest = float(torch.linalg.eigvalsh(whitened.T @ whitened / n)[0])
     return {
