@@ -191,6 +191,31 @@ def test_store_round_trip_resume_and_refusal(tmp_path):
         sketch_gradients(model, data, **{**options, "batch_size": 64})
 
 
+def test_progress_counts_every_batch_not_only_every_shard(tmp_path, monkeypatch):
+    updates = []
+
+    class Recorder:
+        def __init__(self, total, desc, enabled, unit="it"):
+            self.total = total
+
+        def update(self, count=1):
+            updates.append(count)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr("skmm.gradients.sketching.progress_bar", Recorder)
+    model, data = small_cnn(), image_data(rows=70)
+    sketch_gradients(model, data, sketch_dim=8, store=tmp_path / "s", shard_rows=20, batch_size=5)
+    assert [count for count in updates if count] == [5] * 14  # 5 rows per batch, 14 batches
+    updates.clear()
+    sketch_gradients(model, data, sketch_dim=8, batch_size=5)
+    assert [count for count in updates if count] == [5] * 14
+
+
 def test_interrupted_run_resumes_to_an_identical_store(tmp_path):
     model, data = small_cnn(), image_data(rows=70)
     reference = tmp_path / "reference"

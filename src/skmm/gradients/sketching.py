@@ -46,7 +46,7 @@ from .batches import (
 )
 from .params import describe_params, resolve_params
 from .per_sample import ENGINES, TARGETS, GradientComputer
-from .sinks import MemorySink, StoreSink
+from .sinks import MemorySink, Piece, StoreSink
 from .structured import KroneckerSketch
 
 GRADIENT_SKETCH_KINDS = (*SKETCH_KINDS, "kronecker")
@@ -312,11 +312,12 @@ def _stream(
     show = progress if plan.rank == 0 else False
     with progress_bar(n_rows, "sketch gradients", show, unit="example") as bar:
         bar.update(total)
+        counted = _Counted(pieces, bar)
         while not sink.complete:
-            round_done = sink.exchange(sink.next_shard(pieces))
+            round_done = sink.exchange(sink.next_shard(counted))
             rows = sum(entry["rows"] for entry in round_done)
             total += rows
-            bar.update(rows)
+            bar.update(rows - counted.take())
             if len(round_done) < plan.size:
                 break
     if total == 0:
@@ -326,6 +327,29 @@ def _stream(
     metadata = {**identity, "n_rows": total, "per_sample": computer.engine}
     sink.finish(metadata)
     return metadata
+
+
+class _Counted:
+    """The pieces, each counted on the bar as it is sketched (not a shard at a time, which
+    can be minutes apart); :meth:`take` returns the rows counted since it was last called,
+    so the round's total adds only the other ranks' rows."""
+
+    def __init__(self, pieces: Iterator[Piece], bar: Any) -> None:
+        self.pieces, self.bar, self.rows = pieces, bar, 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> Piece:
+        piece = next(self.pieces)
+        rows = int(piece[1].shape[0])
+        self.rows += rows
+        self.bar.update(rows)
+        return piece
+
+    def take(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
 
 
 def _say_where_it_resumes(path: Path, sink: StoreSink) -> None:
