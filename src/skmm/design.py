@@ -48,9 +48,10 @@ PLAIN_GREEDY_LIMIT = 2 * 10**8
 REFRESH_DROP = 1e-4
 GAIN_ENTRIES = 32_768
 """The lazy greedy gathers and scores rows in pieces of about this many entries (512 rows at
-k = 64, at least 512): the rows, their images and the products stay in the core's cache
-(1.3–2× the rate of 8192-row pieces on the reference CPU for k = 16 … 128), and a row's gain
-is the same whatever the piece (:func:`~skmm.rows.row_products`)."""
+k = 64, at least 512; at least one 128-row tile for rows of K blocks, whose rows are K times
+wider): the rows, their images and the products stay in the core's cache (1.3–2× the rate of
+8192-row pieces on the reference CPU for k = 16 … 128), and a row's gain is the same whatever
+the piece (:func:`~skmm.rows.row_products`)."""
 WINDOW_ROWS = 32_768
 """The lazy greedy keeps about this many of a rank's largest bounds in view (ranks of at least
 four times as many rows), so that a refresh round reads them instead of all of the rank's rows."""
@@ -301,7 +302,9 @@ def _block_gain(
     count, dim = block.shape[0], inverse.shape[0]
     z = block.reshape(count, blocks, dim)
     image = row_products(z.reshape(count * blocks, dim), inverse).reshape(z.shape)
-    inner = (image[:, :, None, :] * z[:, None, :, :]).sum(dim=3)  # A_i, (count, K, K)
+    inner = torch.empty(count, blocks, blocks, dtype=image.dtype, device=image.device)
+    for row in range(blocks):  # A_i one row at a time: O(count·K·d) memory, not O(count·K²·d)
+        inner[:, row] = (image[:, row, None, :] * z).sum(dim=2)
     inner = (inner + inner.transpose(1, 2)) / 2
     eye = torch.eye(blocks, dtype=inner.dtype, device=inner.device)
     if logdet:
@@ -346,7 +349,7 @@ def _lazy_greedy(
     layout, k = points.layout, points.k
     device = points.rows.device
     inverse = torch.eye(points.dim, dtype=torch.float64, device=device) / ridge
-    piece_rows = max(512, GAIN_ENTRIES // k)
+    piece_rows = max(512 if points.blocks == 1 else TILE_ROWS, GAIN_ENTRIES // k)
     parts = [
         gain(part, inverse, n) for block in points.chunks() for part in block.split(piece_rows)
     ]
