@@ -350,6 +350,7 @@ def _lazy_greedy(
     device = points.rows.device
     inverse = torch.eye(points.dim, dtype=torch.float64, device=device) / ridge
     piece_rows = max(512 if points.blocks == 1 else TILE_ROWS, GAIN_ENTRIES // k)
+    tile = TILE_ROWS if points.blocks == 1 else 1  # K·count flat rows are tiled by the gain
     parts = [
         gain(part, inverse, n) for block in points.chunks() for part in block.split(piece_rows)
     ]
@@ -380,7 +381,7 @@ def _lazy_greedy(
                 if stale.numel():
                     gains_now = torch.empty(stale.numel(), dtype=torch.float64, device=device)
                     for start in range(0, stale.numel(), piece_rows):  # O(piece·k) memory
-                        piece = _whole_tiles(stale[start : start + piece_rows])
+                        piece = _whole_tiles(stale[start : start + piece_rows], tile)
                         count = min(piece_rows, stale.numel() - start)
                         scored = gain(points.take(piece), inverse, n)
                         gains_now[start : start + count] = scored[:count]
@@ -413,10 +414,11 @@ def _lazy_greedy(
     return GreedyResult(order, gains, evaluations, picked)
 
 
-def _whole_tiles(positions: torch.Tensor) -> torch.Tensor:
-    """``positions`` followed by copies of its first to a whole number of 128-row tiles, so
-    that the gathered rows need no padding (a row's gain does not depend on the others)."""
-    short = -positions.numel() % TILE_ROWS
+def _whole_tiles(positions: torch.Tensor, tile: int) -> torch.Tensor:
+    """``positions`` followed by copies of its first to a whole number of ``tile``-row tiles
+    (128, so that the gathered rows need no padding; 1 for rows of K blocks, whose K·count
+    flat rows :func:`_block_gain` tiles itself). A row's gain does not depend on the others."""
+    short = -positions.numel() % tile
     return torch.cat([positions, positions[:1].expand(short)]) if short else positions
 
 
