@@ -312,12 +312,13 @@ def _stream(
     show = progress if plan.rank == 0 else False
     with progress_bar(n_rows, "sketch gradients", show, unit="example") as bar:
         bar.update(total)
-        counted = _Counted(pieces, bar)
+        counted = _counted(pieces, bar)
         while not sink.complete:
-            round_done = sink.exchange(sink.next_shard(counted))
+            mine = sink.next_shard(counted)
+            round_done = sink.exchange(mine)
             rows = sum(entry["rows"] for entry in round_done)
             total += rows
-            bar.update(rows - counted.take())
+            bar.update(rows - (mine["rows"] if mine else 0))  # the other ranks' rows
             if len(round_done) < plan.size:
                 break
     if total == 0:
@@ -329,27 +330,12 @@ def _stream(
     return metadata
 
 
-class _Counted:
+def _counted(pieces: Iterator[Piece], bar: Any) -> Iterator[Piece]:
     """The pieces, each counted on the bar as it is sketched (not a shard at a time, which
-    can be minutes apart); :meth:`take` returns the rows counted since it was last called,
-    so the round's total adds only the other ranks' rows."""
-
-    def __init__(self, pieces: Iterator[Piece], bar: Any) -> None:
-        self.pieces, self.bar, self.rows = pieces, bar, 0
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self) -> Piece:
-        piece = next(self.pieces)
-        rows = int(piece[1].shape[0])
-        self.rows += rows
-        self.bar.update(rows)
-        return piece
-
-    def take(self) -> int:
-        rows, self.rows = self.rows, 0
-        return rows
+    can be minutes apart)."""
+    for piece in pieces:
+        bar.update(int(piece[1].shape[0]))
+        yield piece
 
 
 def _say_where_it_resumes(path: Path, sink: StoreSink) -> None:
